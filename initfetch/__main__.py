@@ -1,0 +1,3 @@
+from initfetch.cli import main
+
+raise SystemExit(main())

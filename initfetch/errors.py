@@ -1,0 +1,146 @@
+"""The exception hierarchy and the exit codes of the contract.
+
+Two families:
+- `InitfetchError`: ends the run; carries the documented exit code and one or
+  more one-line problems, each with the place it came from.
+- `SecretError`: raised by a provider for one document or key; the resolver
+  collects them and turns them into a single `ResolveFailed`.
+
+No message built here may contain a secret value: messages name references,
+paths and classes, never what was read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_NOT_READY = 1  # healthcheck: no complete render yet
+EXIT_BAD_INPUT = 2
+EXIT_UNRESOLVED = 3
+EXIT_UNAVAILABLE = 4
+EXIT_WRITE = 5
+
+
+@dataclass(frozen=True)
+class Loc:
+    """Where something came from: a file and a 1-based line and column."""
+
+    file: str
+    line: int = 0
+    col: int = 0
+
+    def __str__(self) -> str:
+        if not self.line:
+            return self.file
+        return f"{self.file}:{self.line}:{self.col}" if self.col else f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One line of a report: where, and what is wrong there."""
+
+    where: Loc | str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+class InitfetchError(Exception):
+    """Ends the run with `exit_code`; `problems` are reported one per line."""
+
+    exit_code = 1
+    headline = "error"
+
+    def __init__(self, problems: list[Problem] | Problem | str, *, headline: str | None = None) -> None:
+        if isinstance(problems, str):
+            problems = [Problem(None, problems)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        self.problems = problems
+        if headline:
+            self.headline = headline
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class BadInput(InitfetchError):
+    """Usage, manifest, reference or template error (exit 2)."""
+
+    exit_code = EXIT_BAD_INPUT
+    headline = "bad input"
+
+
+class MissingExtra(BadInput):
+    """A provider's client library is not installed."""
+
+
+class WriteFailed(InitfetchError):
+    """Output could not be written safely (exit 5)."""
+
+    exit_code = EXIT_WRITE
+    headline = "cannot write output"
+
+
+class NotReady(InitfetchError):
+    """healthcheck: no complete render is in place yet (exit 1)."""
+
+    exit_code = EXIT_NOT_READY
+    headline = "not ready"
+
+
+class ResolveFailed(InitfetchError):
+    """Some required references did not resolve.
+
+    Exit 3 when any failure is permanent (not found, denied, missing key, bad
+    version); exit 4 when every failure is a backend that stayed unavailable.
+    """
+
+    headline = "secrets could not be resolved"
+
+    def __init__(self, problems: list[Problem], *, all_unavailable: bool) -> None:
+        super().__init__(problems)
+        self.exit_code = EXIT_UNAVAILABLE if all_unavailable else EXIT_UNRESOLVED
+
+
+# --- errors providers raise for one document ------------------------------------
+
+
+class SecretError(Exception):
+    """A provider could not deliver one document or key.
+
+    `kind` is the class shown to the user. `transient` errors are retried
+    within the deadline; all others fail at once.
+    """
+
+    kind = "error"
+    transient = False
+
+
+class NotFound(SecretError):
+    kind = "not-found"
+
+
+class AccessDenied(SecretError):
+    kind = "access-denied"
+
+
+class MissingKey(SecretError):
+    kind = "missing-key"
+
+
+class BadVersion(SecretError):
+    kind = "bad-version"
+
+
+class Unavailable(SecretError):
+    """Connection refused/reset, timeout, 429, 5xx, sealed or starting server."""
+
+    kind = "unavailable"
+    transient = True
+
+
+class BadReference(SecretError):
+    """The reference cannot mean anything to this provider (reported as bad input)."""
+
+    kind = "bad-reference"

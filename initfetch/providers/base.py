@@ -1,0 +1,136 @@
+"""The one small interface every provider implements.
+
+A provider instance is one configured backend (a Vault cluster, an AWS account
+and region, a Key Vault credential). It reads *documents*: a `DocKey` (path +
+version query) maps to one `Document`. Key selection (`#key`, `#/a/b`),
+optional/default, retries and the deadline are the resolver's job, so a
+provider only has to turn one read into a `Document` or a `SecretError`.
+
+Provider modules must not import their SDK at module level: `check` and
+`preview --offline` load provider classes to validate options and references
+without paying for (or requiring) hvac, boto3 or azure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from initfetch.errors import SecretError
+from initfetch.reference import DocKey, Reference
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A dynamic secret's lease (Vault); never contains the secret itself."""
+
+    id: str
+    duration: int
+    renewable: bool
+
+
+@dataclass
+class Document:
+    """What one read returned.
+
+    `value` is str, bytes, or a JSON-like structure (dict/list/scalars).
+    `version` and `metadata` are non-secret facts that end up in the audit log,
+    the completion marker and the template `meta` object.
+    """
+
+    value: Any
+    version: str | None = None
+    lease: Lease | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FetchContext:
+    """Per-run limits a provider must respect: no single call may outlive the deadline."""
+
+    deadline: float  # time.monotonic() value
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def timeout(self, cap: float = 10.0) -> float:
+        """A per-request timeout: at most `cap`, never past the deadline."""
+        return max(0.05, min(cap, self.remaining()))
+
+
+# What a provider's `check_options` returns: the key path inside the provider's
+# options (e.g. ("auth", "method")) and a one-line message.
+OptionProblem = tuple[tuple[str, ...], str]
+
+
+class Provider:
+    """Base class; subclasses set the class attributes and implement `fetch`."""
+
+    type_name: ClassVar[str] = ""
+    # Top-level option name -> accepted Python type(s). `type` and `keep_credentials`
+    # are handled by the manifest loader and need not be listed.
+    OPTIONS: ClassVar[Mapping[str, type | tuple[type, ...]]] = {}
+    # Upper bound on concurrent calls to this instance.
+    max_concurrency: ClassVar[int] = 8
+    # >1: the resolver hands `fetch_many` up to this many documents at once.
+    batch_size: ClassVar[int] = 1
+
+    def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+        self.name = name
+        self.options = dict(options)
+        self.environ = environ
+
+    # --- offline validation (used by `check`; must not touch the network) ---
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> Iterable[OptionProblem]:
+        """Problems with this instance's manifest options. The default checks names and types."""
+        for key, value in options.items():
+            expected = cls.OPTIONS.get(key)
+            if expected is None:
+                known = ", ".join(sorted(cls.OPTIONS)) or "none"
+                yield (key,), f"unknown option '{key}' for a {cls.type_name} provider (known: {known})"
+            elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                yield (key,), f"option '{key}' must be {_type_names(expected)}"
+
+    @classmethod
+    def check_reference(cls, ref: Reference) -> str | None:
+        """A one-line problem with this reference's path or query, or None."""
+        return None
+
+    # --- fetching ---
+
+    def fetch(self, doc: DocKey, ctx: FetchContext) -> Document:
+        """Read one document or raise a `SecretError` subclass."""
+        raise NotImplementedError
+
+    def fetch_many(self, docs: Sequence[DocKey], ctx: FetchContext) -> dict[DocKey, Document | SecretError]:
+        """Read several documents. Per-document failures are returned, not raised;
+        raise only for a failure of the whole call (it is then retried as a whole
+        if transient). The default reads one at a time."""
+        out: dict[DocKey, Document | SecretError] = {}
+        for doc in docs:
+            try:
+                out[doc] = self.fetch(doc, ctx)
+            except SecretError as e:
+                out[doc] = e
+        return out
+
+    def credential_env(self) -> set[str]:
+        """Names of environment variables this instance used to log in.
+
+        `exec` removes them from the application's environment unless the
+        instance sets `keep_credentials: true`.
+        """
+        return set()
+
+    def close(self) -> None:
+        """Release clients and connections."""
+
+
+def _type_names(expected: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", bool: "true or false", dict: "a mapping", list: "a list"}
+    types = expected if isinstance(expected, tuple) else (expected,)
+    return " or ".join(names.get(t, t.__name__) for t in types)
