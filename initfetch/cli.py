@@ -1,0 +1,318 @@
+"""Command line: parse flags (each with an INITFETCH_* twin) and run one command.
+
+Every failure ends here as one line per problem and the documented exit code;
+no traceback reaches the user, and every line passes through the redactor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from initfetch import __version__, execute, preview, writer
+from initfetch.errors import BadInput, InitfetchError, Problem
+from initfetch.logs import setup as setup_logging
+from initfetch.manifest import Manifest, default_manifest_path, env_var_names, load_manifest, missing_sdks
+from initfetch.redact import Redactor
+from initfetch.render import Rendered, as_text, check_templates, render
+from initfetch.resolver import Resolution, Resolver
+
+log = logging.getLogger("initfetch")
+
+TRUE = {"1", "true", "yes", "on"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"initfetch: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(2)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in TRUE
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--log-format", choices=("text", "json"), default=env.get("INITFETCH_LOG_FORMAT", "text")
+    )
+    common.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=env.get("INITFETCH_LOG_LEVEL", "info"),
+    )
+    common.add_argument(
+        "--audit-file",
+        default=env.get("INITFETCH_AUDIT_FILE"),
+        help="also append one JSON audit record per reference to this file",
+    )
+
+    manifest = _Parser(add_help=False)
+    manifest.add_argument(
+        "-m", "--manifest", default=None, help="manifest file [$INITFETCH_MANIFEST, else ./initfetch.yaml]"
+    )
+
+    fetching = _Parser(add_help=False)
+    fetching.add_argument(
+        "--timeout",
+        type=float,
+        default=float(env.get("INITFETCH_TIMEOUT", "60")),
+        help="overall deadline in seconds for resolving, retries included [$INITFETCH_TIMEOUT, 60]",
+    )
+    fetching.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(env.get("INITFETCH_CONCURRENCY", "16")),
+        help="maximum concurrent backend calls [$INITFETCH_CONCURRENCY, 16]",
+    )
+
+    output = _Parser(add_help=False)
+    output.add_argument(
+        "-o",
+        "--out",
+        default=env.get("INITFETCH_OUT", "/run/secrets"),
+        help="output directory [$INITFETCH_OUT, /run/secrets]",
+    )
+    output.add_argument(
+        "--allow-disk",
+        action="store_true",
+        default=_flag(env, "INITFETCH_ALLOW_DISK"),
+        help="allow writing to a filesystem that is not tmpfs/ramfs [$INITFETCH_ALLOW_DISK=1]",
+    )
+
+    parser = _Parser(
+        prog="initfetch",
+        description="Fetch secrets into tmpfs files or a process environment.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"initfetch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser(
+        "render",
+        parents=[common, manifest, fetching, output],
+        help="resolve, render, write, exit (init container)",
+    )
+    p.add_argument(
+        "--hold",
+        action="store_true",
+        default=_flag(env, "INITFETCH_HOLD"),
+        help="after writing, stay up until SIGTERM (sidecar; keeps a tmpfs volume mounted) "
+        "[$INITFETCH_HOLD=1]",
+    )
+
+    p = sub.add_parser(
+        "exec",
+        parents=[common, manifest, fetching, output],
+        help="resolve, render, then exec CMD with secrets in its environment",
+    )
+    p.add_argument(
+        "--supervise",
+        action="store_true",
+        default=_flag(env, "INITFETCH_SUPERVISE"),
+        help="stay as PID 1: forward signals, reap zombies, mirror the exit code [$INITFETCH_SUPERVISE=1]",
+    )
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARG...")
+
+    p = sub.add_parser(
+        "preview", parents=[common, manifest, fetching], help="print what would be written, values masked"
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        default=_flag(env, "INITFETCH_OFFLINE"),
+        help="contact nothing; render with placeholders [$INITFETCH_OFFLINE=1]",
+    )
+    p.add_argument(
+        "--reveal",
+        action="store_true",
+        default=_flag(env, "INITFETCH_REVEAL"),
+        help="show real values [$INITFETCH_REVEAL=1]",
+    )
+
+    sub.add_parser("check", parents=[common, manifest], help="validate manifest and templates, no network")
+
+    sub.add_parser("healthcheck", parents=[common, output], help="exit 0 once a complete render is in place")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    env = dict(os.environ if environ is None else environ)
+    args = build_parser(env).parse_args(argv)
+    redactor = Redactor(min_len=1 if args.command == "preview" and not args.reveal else 3)
+    try:
+        setup_logging(redactor, fmt=args.log_format, level=args.log_level, audit_file=args.audit_file)
+    except OSError as e:
+        sys.stderr.write(f"initfetch: error: cannot open the audit file: {e.strerror}\n")
+        return 2
+    try:
+        return COMMANDS[args.command](args, env, redactor)
+    except InitfetchError as e:
+        for problem in e.problems:
+            log.error("%s", problem)
+        log.error("%s (exit %d)", e.headline, e.exit_code)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug: say so in one line; a traceback could quote a value
+        log.error("internal error: %s: %s (please report this)", type(e).__name__, e)
+        return 1
+
+
+# --- commands -------------------------------------------------------------------
+
+
+def _manifest_path(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
+    return Path(args.manifest) if args.manifest else default_manifest_path(env)
+
+
+def _load(args: argparse.Namespace, env: Mapping[str, str], *, lenient: bool = False) -> Manifest:
+    manifest = load_manifest(_manifest_path(args, env), env, lenient_vars=lenient)
+    problems = check_templates(manifest)
+    if not lenient:
+        problems += missing_sdks(manifest)
+    if problems:
+        raise BadInput(problems)
+    return manifest
+
+
+def _resolve(
+    manifest: Manifest, args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor
+) -> Resolution:
+    if args.timeout <= 0:
+        raise BadInput("--timeout must be a positive number of seconds")
+    resolver = Resolver(manifest, env, redactor, timeout=args.timeout, concurrency=args.concurrency)
+    try:
+        return resolver.resolve()
+    finally:
+        resolver.close()
+
+
+def _render(manifest: Manifest, resolution: Resolution, redactor: Redactor) -> Rendered:
+    meta = {name: r.meta() for name, r in resolution.info.items()}
+    rendered = render(manifest, resolution.values, meta, redactor)
+    for spread in manifest.env_from:
+        value = resolution.values.get(spread.secret)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise BadInput(Problem(spread.loc, f"env_from: secret '{spread.secret}' is not a map of keys"))
+        try:
+            names = env_var_names(value, spread.prefix)
+        except ValueError as e:
+            raise BadInput(Problem(spread.loc, f"env_from '{spread.secret}': {e}")) from None
+        for key, name in names.items():
+            rendered.env.setdefault(name, as_text(value[key]))
+    return rendered
+
+
+def _write(manifest: Manifest, resolution: Resolution, rendered: Rendered, args: argparse.Namespace) -> None:
+    out_dir = Path(args.out)
+    marker = writer.marker_body(
+        {
+            name: {"ref": r.ref, "provider": r.provider, "version": r.version, "outcome": r.outcome}
+            for name, r in resolution.info.items()
+        },
+        list(rendered.files),
+        list(rendered.env),
+    )
+    writer.write_all(out_dir, rendered.files, manifest.outputs, marker, allow_disk=args.allow_disk)
+    log.info("wrote %d file(s) to %s", len(rendered.files), out_dir)
+
+
+def cmd_render(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    manifest = _load(args, env)
+    writer.check_target(Path(args.out), args.allow_disk)  # fail before touching any backend
+    resolution = _resolve(manifest, args, env, redactor)
+    rendered = _render(manifest, resolution, redactor)
+    _write(manifest, resolution, rendered, args)
+    if args.hold:
+        _hold()
+    return 0
+
+
+def _hold() -> None:
+    """Stay up (holding a tmpfs volume mounted for the application) until told to stop."""
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    log.info("render complete; holding until SIGTERM")
+    signum = signal.sigwait(stop)
+    log.info("received %s; exiting", signal.Signals(signum).name)
+
+
+def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise BadInput("exec needs a command: initfetch exec [options] -- CMD ARG...")
+    path = _manifest_path(args, env)
+    if args.manifest is None and not path.exists():
+        from initfetch.zeroconf import manifest_from_env  # the wrapper mode, without a manifest
+
+        manifest = manifest_from_env(env, Path.cwd())
+        if not manifest.secrets:
+            log.info("no manifest (%s) and no initfetch+ references in the environment; starting as is", path)
+    else:
+        manifest = _load(args, env)
+    if manifest.outputs:
+        writer.check_target(Path(args.out), args.allow_disk)
+    resolution = _resolve(manifest, args, env, redactor)
+    rendered = _render(manifest, resolution, redactor)
+    if manifest.outputs:
+        _write(manifest, resolution, rendered, args)
+    remove: set[str] = set()
+    for name, inst in resolution.instances.items():
+        if not manifest.providers[name].keep_credentials:
+            remove |= inst.credential_env()
+    child = execute.child_env(env, rendered.env, remove)
+    log.info("starting %s with %d secret variable(s)", cmd[0], len(rendered.env))
+    return execute.supervise(cmd, child) if args.supervise else execute.replace(cmd, child)
+
+
+def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    manifest = _load(args, env, lenient=args.offline)
+    if args.offline:
+        values = preview.placeholders(manifest)
+        rendered = render(manifest, values, {n: {} for n in values}, None)
+        preview.show(sys.stdout, manifest, rendered, None, None)
+        return 0
+    resolution = _resolve(manifest, args, env, redactor)
+    rendered = _render(manifest, resolution, redactor)
+    preview.show(sys.stdout, manifest, rendered, resolution.info, None if args.reveal else redactor)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    manifest = _load(args, env, lenient=True)
+    for problem in missing_sdks(manifest):
+        log.warning("%s", problem)
+    unexpanded = [s.name for s in manifest.secrets.values() if s.ref is None]
+    if unexpanded:
+        log.warning("not checked beyond syntax (unset variables): %s", ", ".join(unexpanded))
+    print(
+        f"ok: {manifest.path}: {len(manifest.secrets)} secret(s), {len(manifest.outputs)} file(s), "
+        f"{len(manifest.env)} env variable(s)"
+    )
+    return 0
+
+
+def cmd_healthcheck(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    writer.healthcheck(Path(args.out))
+    return 0
+
+
+COMMANDS = {
+    "render": cmd_render,
+    "exec": cmd_exec,
+    "preview": cmd_preview,
+    "check": cmd_check,
+    "healthcheck": cmd_healthcheck,
+}

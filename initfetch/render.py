@@ -1,0 +1,256 @@
+"""Rendering: templates and `env:` values, in memory, in a Jinja sandbox.
+
+Undefined names are errors (StrictUndefined), never empty strings. Filters
+that derive a new string from a secret (base64, quoting) register their output
+with the redactor, so a masked preview and the logs hide the derived form too.
+Templates see `secrets` (name -> value) and `meta` (name -> provider, version,
+lease; never a value).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import jinja2
+import jinja2.nodes
+import yaml
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from initfetch.errors import BadInput, Loc, Problem
+from initfetch.manifest import Manifest
+from initfetch.redact import Redactor
+
+
+@dataclass
+class Rendered:
+    files: dict[str, bytes]  # dest -> content
+    env: dict[str, str]
+
+
+def environment(base_dir: Path, redactor: Redactor | None = None) -> jinja2.Environment:
+    env = ImmutableSandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(str(base_dir)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        auto_reload=False,
+        finalize=_finalize,
+    )
+
+    def derived(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
+        def wrapper(value: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(value, jinja2.Undefined):
+                value._fail_with_undefined_error()  # the undefined name, not a TypeError
+            out = fn(value, *args, **kwargs)
+            # Output that still contains the input verbatim (quoting) is masked through the input.
+            if redactor is not None and not (
+                isinstance(value, str) and isinstance(out, str) and value in out
+            ):
+                label = redactor.label_of(value) if isinstance(value, str) else None
+                if label is not None or _contains_secret(redactor, value):
+                    redactor.add(out, f"{label or 'derived'}|{tag}")
+            return out
+
+        return wrapper
+
+    filters: dict[str, tuple[Callable[..., Any], str]] = {
+        "tojson": (to_json, "json"),
+        "json": (to_json, "json"),
+        "toyaml": (to_yaml, "yaml"),
+        "b64encode": (b64encode, "b64"),
+        "b64decode": (b64decode, "b64decode"),
+        "fromjson": (json.loads, "fromjson"),
+        "shquote": (lambda v: shlex.quote(_text(v)), "sh"),
+        "dotenv": (dotenv_quote, "dotenv"),
+    }
+    for name, (fn, tag) in filters.items():
+        env.filters[name] = derived(fn, tag)
+    return env
+
+
+def _finalize(value: Any) -> Any:
+    """`{{ x }}` of a dict/list prints JSON, of bytes prints UTF-8 text, never a Python repr."""
+    if isinstance(value, dict | list | bytes):
+        return _text(value)
+    return value
+
+
+def _contains_secret(redactor: Redactor, value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_contains_secret(redactor, v) for v in value.values())
+    if isinstance(value, list):
+        return any(_contains_secret(redactor, v) for v in value)
+    return (isinstance(value, str) and redactor.label_of(value) is not None) or isinstance(value, bytes)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, str):
+        return value
+    return to_json(value) if isinstance(value, dict | list) else str(value)
+
+
+def to_json(value: Any, indent: int | None = None) -> str:
+    """Plain JSON (Jinja's own tojson HTML-escapes < > & ', which breaks configs)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    return json.dumps(value, indent=indent, ensure_ascii=False)
+
+
+def to_yaml(value: Any) -> str:
+    """A YAML flow scalar or block for any JSON-like value, safe to embed after `key: `."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    if isinstance(value, str | int | float | bool) or value is None:
+        return json.dumps(value, ensure_ascii=False)  # JSON scalars are valid YAML scalars
+    return yaml.safe_dump(value, default_flow_style=True, width=2**31, allow_unicode=True).strip()
+
+
+def b64encode(value: Any) -> str:
+    data = value if isinstance(value, bytes) else _text(value).encode("utf-8")
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(value: Any) -> str | bytes:
+    data = base64.b64decode(_text(value), validate=True)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+
+
+def dotenv_quote(value: Any) -> str:
+    """Double-quoted dotenv value: backslash, quote, $ and newlines escaped."""
+    text = _text(value)
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _template_line(tb: TracebackType | None, name: str) -> int:
+    """The template line of a runtime error: Jinja rewrites tracebacks to point at templates."""
+    line = 0
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(name):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _error(e: Exception, file: str, name: str) -> Problem:
+    if isinstance(e, jinja2.TemplateSyntaxError):
+        return Problem(Loc(file, e.lineno or 0), f"template syntax error: {e.message}")
+    if isinstance(e, jinja2.UndefinedError):
+        return Problem(Loc(file, _template_line(e.__traceback__, name)), f"undefined: {e.message}")
+    if isinstance(e, jinja2.sandbox.SecurityError):
+        return Problem(Loc(file, _template_line(e.__traceback__, name)), f"not allowed in a template: {e}")
+    line = _template_line(e.__traceback__, name)
+    return Problem(Loc(file, line), f"template error: {type(e).__name__}: {e}")
+
+
+def render(
+    manifest: Manifest,
+    values: Mapping[str, Any],
+    meta: Mapping[str, Mapping[str, Any]],
+    redactor: Redactor | None,
+) -> Rendered:
+    """Render every output and env value in memory; raise BadInput listing every failure."""
+    env = environment(manifest.base_dir, redactor)
+    context = {"secrets": dict(values), "meta": dict(meta)}
+    problems: list[Problem] = []
+    files: dict[str, bytes] = {}
+    for out in manifest.outputs:
+        if out.secret is not None:
+            if out.secret in values:
+                files[out.dest] = as_bytes(values[out.secret])
+            continue  # an optional secret that is absent writes no file
+        assert out.src is not None and out.template_name is not None
+        try:
+            text = env.get_template(out.template_name).render(context)
+            files[out.dest] = text.encode("utf-8")
+        except Exception as e:
+            problems.append(_error(e, str(out.src), out.template_name))
+    rendered_env: dict[str, str] = {}
+    for name, (source, where) in manifest.env.items():
+        try:
+            value = env.from_string(source).render(context)
+        except Exception as e:
+            p = _error(e, str(manifest.path), "<template>")
+            problems.append(Problem(where, f"env {name}: {p.message}"))
+            continue
+        if "\0" in value:
+            problems.append(Problem(where, f"env {name}: the value contains a NUL byte"))
+        rendered_env[name] = value
+    if problems:
+        raise BadInput(problems, headline="templates failed to render")
+    return Rendered(files, rendered_env)
+
+
+def as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return to_json(value).encode("utf-8")
+
+
+def as_text(value: Any) -> str:
+    """How a non-string value appears in an environment variable."""
+    return _text(value)
+
+
+# --- static checks for `check` (no values needed) -------------------------------
+
+
+def secrets_used(ast: jinja2.nodes.Template) -> set[tuple[str, int]]:
+    """`secrets.X` and `secrets['X']` uses in a template: (name, line)."""
+    used: set[tuple[str, int]] = set()
+    for node in ast.find_all((jinja2.nodes.Getattr, jinja2.nodes.Getitem)):
+        target = getattr(node, "node", None)
+        if not (isinstance(target, jinja2.nodes.Name) and target.name in ("secrets", "meta")):
+            continue
+        if isinstance(node, jinja2.nodes.Getattr):
+            used.add((node.attr, node.lineno))
+        elif isinstance(node, jinja2.nodes.Getitem):
+            arg = node.arg
+            if isinstance(arg, jinja2.nodes.Const) and isinstance(arg.value, str):
+                used.add((arg.value, node.lineno))
+    return used
+
+
+def check_templates(manifest: Manifest) -> list[Problem]:
+    """Syntax of every template and env value, and that each secret they use is declared."""
+    env = environment(manifest.base_dir)
+    problems: list[Problem] = []
+    sources: list[tuple[str, Loc | None, str]] = []
+    for out in manifest.outputs:
+        if out.src is not None:
+            try:
+                sources.append((out.src.read_text(encoding="utf-8"), None, str(out.src)))
+            except (OSError, UnicodeDecodeError) as e:
+                problems.append(Problem(str(out.src), f"cannot read template: {type(e).__name__}"))
+    for name, (source, where) in manifest.env.items():
+        sources.append((source, where, f"env {name}"))
+    for source, where, label in sources:
+        try:
+            ast = env.parse(source)
+        except jinja2.TemplateSyntaxError as e:
+            at = where or Loc(label, e.lineno or 0)
+            prefix = f"{label}: " if where else ""
+            problems.append(Problem(at, f"{prefix}template syntax error: {e.message}"))
+            continue
+        for secret, line in sorted(secrets_used(ast)):
+            if secret not in manifest.secrets:
+                at = where or Loc(label, line)
+                prefix = f"{label}: " if where else ""
+                problems.append(
+                    Problem(at, f"{prefix}uses secrets.{secret}, which the manifest does not declare")
+                )
+    return problems

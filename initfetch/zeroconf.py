@@ -1,0 +1,40 @@
+"""Zero-configuration mode for the ENTRYPOINT wrapper: `initfetch exec -- app`
+with no manifest resolves environment variables whose values are references
+behind the explicit prefix `initfetch+`:
+
+    DB_PASSWORD=initfetch+vault://secret/app/db#password
+
+Only values that start with the prefix are touched, so an ordinary URL in the
+environment (`DATABASE_URL=postgres://...`) is never resolved by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from initfetch.errors import BadInput, Loc
+from initfetch.manifest import ENV_NAME_RE, Manifest, SecretSpec, _Checker, builtin_providers, check_reference
+
+PREFIX = "initfetch+"
+
+
+def manifest_from_env(environ: Mapping[str, str], base_dir: Path) -> Manifest:
+    manifest = Manifest(path=None, base_dir=base_dir, providers=builtin_providers(base_dir))
+    chk = _Checker("environment")
+    for name in sorted(environ):
+        value = environ[name]
+        if not value.startswith(PREFIX):
+            continue
+        where = Loc(f"environment variable {name}")
+        if not ENV_NAME_RE.match(name):
+            chk.add(where, "not a valid variable name for a secret")
+            continue
+        text = value[len(PREFIX) :]
+        ref = check_reference(chk, text, where, manifest.providers, environ, False, name)
+        if ref is not None:
+            manifest.secrets[name] = SecretSpec(name, ref, text, loc=where)
+            manifest.env[name] = ("{{ secrets.%s }}" % name, where)  # noqa: UP031 - a Jinja template
+    if chk.problems:
+        raise BadInput(chk.problems)
+    return manifest
