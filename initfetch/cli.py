@@ -21,7 +21,7 @@ from initfetch.logs import setup as setup_logging
 from initfetch.manifest import Manifest, default_manifest_path, env_var_names, load_manifest, missing_sdks
 from initfetch.redact import Redactor
 from initfetch.render import Rendered, as_text, check_templates, render
-from initfetch.resolver import Resolution, Resolver
+from initfetch.resolver import Resolution, Resolved, Resolver
 
 log = logging.getLogger("initfetch")
 
@@ -254,7 +254,7 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
     if not cmd:
         raise BadInput("exec needs a command: initfetch exec [options] -- CMD ARG...")
     path = _manifest_path(args, env)
-    if args.manifest is None and not path.exists():
+    if args.manifest is None and not env.get("INITFETCH_MANIFEST") and not path.exists():
         from initfetch.zeroconf import manifest_from_env  # the wrapper mode, without a manifest
 
         manifest = manifest_from_env(env, Path.cwd())
@@ -281,7 +281,11 @@ def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Reda
     manifest = _load(args, env, lenient=args.offline)
     if args.offline:
         values = preview.placeholders(manifest)
-        rendered = render(manifest, values, {n: {} for n in values}, None)
+        meta = {
+            n: Resolved(n, s.ref_text, s.ref_text.partition(":")[0], "offline").meta()
+            for n, s in manifest.secrets.items()
+        }
+        rendered = render(manifest, values, meta, None)
         preview.show(sys.stdout, manifest, rendered, None, None)
         return 0
     resolution = _resolve(manifest, args, env, redactor)

@@ -109,8 +109,11 @@ def to_yaml(value: Any) -> str:
     """A YAML flow scalar or block for any JSON-like value, safe to embed after `key: `."""
     if isinstance(value, bytes):
         value = value.decode("utf-8")
-    if isinstance(value, str | int | float | bool) or value is None:
-        return json.dumps(value, ensure_ascii=False)  # JSON scalars are valid YAML scalars
+    if isinstance(value, str):  # always double-quoted, so "yes", "1.0" or "null" stay strings
+        dumped = yaml.safe_dump(value, default_style='"', width=2**31, allow_unicode=True)
+        return dumped.removesuffix("\n...\n").strip()
+    if isinstance(value, int | float | bool) or value is None:
+        return json.dumps(value)
     return yaml.safe_dump(value, default_flow_style=True, width=2**31, allow_unicode=True).strip()
 
 
