@@ -12,9 +12,10 @@ import json
 import logging
 import sys
 import time
+import warnings
 from typing import Any
 
-from initfetch.redact import Redactor
+from initfetch.redact import FIELD_MIN_LEN, Redactor
 
 log = logging.getLogger("initfetch")
 audit_log = logging.getLogger("initfetch.audit")
@@ -35,7 +36,10 @@ class _Scrub(logging.Filter):
         record.msg, record.args = self.redactor.scrub(message), ()
         audit = getattr(record, "audit", None)
         if isinstance(audit, dict):
-            record.audit = {k: self.redactor.scrub(v) if isinstance(v, str) else v for k, v in audit.items()}
+            record.audit = {
+                k: self.redactor.scrub(v, FIELD_MIN_LEN) if isinstance(v, str) else v
+                for k, v in audit.items()
+            }
         return True
 
 
@@ -82,6 +86,10 @@ def setup(
     handler.addFilter(scrub)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)  # third-party libraries stay quiet unless they warn
+    # Python warnings go through the same scrubbed handler; urllib3's note about an
+    # optional SOCKS extra is noise for every user.
+    warnings.filterwarnings("ignore", message="SOCKS support in urllib3")
+    logging.captureWarnings(True)
     log.setLevel(getattr(logging, level.upper(), logging.INFO))
     if audit_file:
         file_handler = logging.FileHandler(audit_file, encoding="utf-8")

@@ -139,7 +139,7 @@ def load_manifest(
     chk.keys(data, TOP_KEYS, "the manifest")
     if data.get("version") != 1:
         chk.add(data.at("version"), "'version: 1' is required")
-    _load_providers(chk, data, manifest, base_dir)
+    _load_providers(chk, data, manifest, base_dir, environ, lenient_vars)
     _load_secrets(chk, data, manifest, environ, lenient_vars)
     _load_outputs(chk, data, manifest, base_dir)
     _load_env(chk, data, manifest)
@@ -156,7 +156,28 @@ def builtin_providers(base_dir: Path) -> dict[str, ProviderConfig]:
     return out
 
 
-def _load_providers(chk: _Checker, data: LDict, manifest: Manifest, base_dir: Path) -> None:
+def _expand_option(
+    chk: _Checker, value: Any, where: Loc, environ: Mapping[str, str], lenient: bool, what: str
+) -> Any:
+    """`${VAR}` in provider options too, so one manifest serves every stage."""
+    if isinstance(value, str):
+        try:
+            return expand_vars(value, environ, lenient=lenient)
+        except RefSyntaxError as e:
+            chk.add(where, f"{what}: {e}")
+            return value
+    if isinstance(value, LDict):
+        out = LDict(
+            {k: _expand_option(chk, v, value.at(k), environ, lenient, what) for k, v in value.items()}
+        )
+        out.loc, out.key_locs = value.loc, value.key_locs
+        return out
+    return value
+
+
+def _load_providers(
+    chk: _Checker, data: LDict, manifest: Manifest, base_dir: Path, environ: Mapping[str, str], lenient: bool
+) -> None:
     manifest.providers = builtin_providers(base_dir)
     section = chk.mapping(data.get("providers"), data.at("providers"), "'providers'")
     if section is None:
@@ -178,7 +199,11 @@ def _load_providers(chk: _Checker, data: LDict, manifest: Manifest, base_dir: Pa
         keep = conf.get("keep_credentials", False)
         if not isinstance(keep, bool):
             chk.add(conf.at("keep_credentials"), "keep_credentials must be true or false")
-        options = {k: v for k, v in conf.items() if k not in ("type", "keep_credentials")}
+        options = {
+            k: _expand_option(chk, v, conf.at(k), environ, lenient, f"provider '{name}'")
+            for k, v in conf.items()
+            if k not in ("type", "keep_credentials")
+        }
         if type_name == "file":
             options.setdefault("base_dir", str(base_dir))
         cls = providers.provider_class(type_name)

@@ -12,13 +12,30 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from initfetch.manifest import Manifest
-from initfetch.redact import Redactor, mask
+from initfetch.redact import FIELD_MIN_LEN, Redactor, mask
 from initfetch.render import Rendered
 from initfetch.resolver import Resolved
 
 
+class Placeholder(str):
+    """An offline stand-in for a value whose shape is unknown: any key of it is
+    a placeholder too, so `secrets.cfg.host` and `secrets.cfg["a.b"]` render."""
+
+    label: str
+
+    def __new__(cls, label: str) -> Placeholder:
+        self = super().__new__(cls, mask(label))
+        self.label = label
+        return self
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, int | slice):
+            return str.__getitem__(self, key)
+        return Placeholder(f"{self.label}/{key}")
+
+
 def placeholders(manifest: Manifest) -> dict[str, str]:
-    return {name: mask(name) for name in manifest.secrets}
+    return {name: Placeholder(name) for name in manifest.secrets}
 
 
 def show(
@@ -68,4 +85,5 @@ def show(
         )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        out.write(safe("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()) + "\n")
+        line = "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        out.write((redactor.scrub(line, FIELD_MIN_LEN) if redactor is not None else line) + "\n")

@@ -17,6 +17,11 @@ from collections.abc import Iterable
 from typing import Any
 
 MIN_LEN = 3
+# Structured fields (audit records, the preview's reference table) hold names,
+# references and versions from the manifest and the backend's metadata, never
+# values; there only values this long are masked, so a short value like "app"
+# does not mangle a secret named "app_params".
+FIELD_MIN_LEN = 8
 
 
 def mask(label: str) -> str:
@@ -41,7 +46,9 @@ class Redactor:
     def label_of(self, value: Any) -> str | None:
         return self._labels.get(value) if isinstance(value, str) else None
 
-    def scrub(self, text: str) -> str:
+    def scrub(self, text: str, min_len: int | None = None) -> str:
+        """Mask registered values in text. `min_len` leaves shorter values alone, for
+        structured fields (names, references) that come from the manifest, not a backend."""
         if not self._labels or not text:
             return text
         pattern = self._pattern
@@ -50,7 +57,10 @@ class Redactor:
                 # Longest first, so a value that contains another is masked whole.
                 ordered = sorted(self._labels, key=len, reverse=True)
                 pattern = self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
-        return pattern.sub(lambda m: mask(self._labels[m.group(0)]), text)
+        floor = min_len or 0
+        return pattern.sub(
+            lambda m: mask(self._labels[m.group(0)]) if len(m.group(0)) >= floor else m.group(0), text
+        )
 
     def __bool__(self) -> bool:  # an empty redactor is still a redactor
         return True

@@ -110,7 +110,7 @@ def to_yaml(value: Any) -> str:
     if isinstance(value, bytes):
         value = value.decode("utf-8")
     if isinstance(value, str):  # always double-quoted, so "yes", "1.0" or "null" stay strings
-        dumped = yaml.safe_dump(value, default_style='"', width=2**31, allow_unicode=True)
+        dumped = yaml.safe_dump(str(value), default_style='"', width=2**31, allow_unicode=True)
         return dumped.removesuffix("\n...\n").strip()
     if isinstance(value, int | float | bool) or value is None:
         return json.dumps(value)

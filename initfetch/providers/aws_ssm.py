@@ -1,0 +1,258 @@
+"""`ssm://` — AWS Systems Manager Parameter Store.
+
+`ssm:///myapp/prod/db_password` reads one parameter (SecureString decrypted);
+`?version=4` or `?label=blue` pins one. `ssm:///aws/reference/secretsmanager/NAME`
+reads a Secrets Manager secret through Parameter Store. A path ending in `/`
+(`ssm:///myapp/prod/`) reads every parameter below it (GetParametersByPath,
+recursive unless `?recursive=false`) into a map of relative name -> value;
+`env_names` turns such a map into environment variable names.
+
+Plain and pinned single parameters are read with GetParameters, 10 per call
+(`name:4` / `name:label` selectors). A call never names one parameter twice,
+so each answer maps back to its request without relying on `Selector`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from initfetch.errors import AccessDenied, BadReference, BadVersion, NotFound, SecretError, Unavailable
+from initfetch.providers import aws_session
+from initfetch.providers.aws_session import AwsSession, classify, error_code, error_message
+from initfetch.providers.base import Document, FetchContext, OptionProblem, Provider
+from initfetch.reference import DocKey, Reference
+
+SERVICE = "ssm"
+BATCH_MAX = 10
+QUERY_KEYS = ("label", "recursive", "version")
+SM_REFERENCE = "/aws/reference/secretsmanager/"
+_NAME_RE = re.compile(r"^[A-Za-z0-9/_.\-]{1,2048}$")
+_LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,99}$")
+_ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def env_names(prefix_map: Mapping[str, str]) -> dict[str, str]:
+    """Environment variable names for a path-prefix map (relative name -> value).
+
+    The mapping: uppercase, and `/`, `-`, `.` become `_`; so `db/password` ->
+    `DB_PASSWORD`, `api-key` -> `API_KEY`, `tls.cert` -> `TLS_CERT`. A result
+    that is not `[A-Z_][A-Z0-9_]*` (e.g. starts with a digit) or that two
+    parameters share (`db-pass` and `db_pass`) raises ValueError with a
+    one-line message naming the parameters, never their values.
+    """
+    out: dict[str, str] = {}
+    source: dict[str, str] = {}
+    for name, value in prefix_map.items():
+        env = name.upper().replace("/", "_").replace("-", "_").replace(".", "_")
+        if not _ENV_RE.match(env):
+            raise ValueError(f"parameter '{name}' maps to '{env}', not a valid environment variable name")
+        if env in out:
+            raise ValueError(f"parameters '{source[env]}' and '{name}' both map to variable {env}")
+        out[env] = value
+        source[env] = name
+    return out
+
+
+def _selector(doc: DocKey) -> str:
+    """The GetParameter(s) name for a document: `name`, `name:VERSION` or `name:LABEL`."""
+    version, label = doc.param("version"), doc.param("label")
+    if version is not None:
+        return f"{doc.path}:{version}"
+    if label is not None:
+        return f"{doc.path}:{label}"
+    return doc.path
+
+
+def _is_prefix(doc: DocKey) -> bool:
+    return doc.path.endswith("/")
+
+
+class ParameterStoreProvider(Provider):
+    type_name = "aws-ssm"
+    OPTIONS: ClassVar = dict(aws_session.OPTIONS)
+    max_concurrency = 8
+    batch_size = BATCH_MAX
+
+    def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+        super().__init__(name, options, environ)
+        self.aws = AwsSession(name, self.options, environ)
+
+    # --- offline checks ---------------------------------------------------------
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> Iterable[OptionProblem]:
+        yield from super().check_options(options)
+        yield from aws_session.check_options(cls.type_name, options)
+
+    @classmethod
+    def check_reference(cls, ref: Reference) -> str | None:
+        doc = ref.doc
+        unknown = {k for k, _ in doc.query} - set(QUERY_KEYS)
+        if unknown:
+            return (
+                f"unknown query parameter(s) for Parameter Store: {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(QUERY_KEYS)})"
+            )
+        version, label, recursive = doc.param("version"), doc.param("label"), doc.param("recursive")
+        if _is_prefix(doc):
+            if version is not None or label is not None:
+                return "a path prefix (ending in '/') reads the latest versions; version/label do not apply"
+            if recursive not in (None, "true", "false"):
+                return "recursive must be true or false"
+            if not doc.path.startswith("/"):
+                return "a path prefix must start with '/', e.g. ssm:///myapp/prod/"
+        elif recursive is not None:
+            return "recursive applies only to a path prefix (a path ending in '/')"
+        if not doc.path.startswith("arn:") and not _NAME_RE.match(doc.path):
+            return "a parameter name is letters, digits and /_.- (e.g. ssm:///myapp/prod/db_password)"
+        if version is not None and label is not None:
+            return "give either version or label, not both"
+        if version is not None and not (version.isdigit() and int(version) >= 1):
+            return "version must be a positive integer"
+        if label is not None and not _LABEL_RE.match(label):
+            return "a label starts with a letter and has letters, digits and _.- (at most 100)"
+        return None
+
+    # --- fetching ---------------------------------------------------------------
+
+    def _what(self, doc: DocKey) -> str:
+        # The resolver prints the reference before the message; name the service only.
+        return "Parameter Store"
+
+    def fetch(self, doc: DocKey, ctx: FetchContext) -> Document:
+        if _is_prefix(doc):
+            return self._fetch_prefix(doc, ctx)
+        try:
+            client = self.aws.client(SERVICE, ctx)
+            response = client.get_parameter(Name=_selector(doc), WithDecryption=True)
+        except Exception as e:
+            raise self._error(e, doc) from None
+        return _document(response["Parameter"])
+
+    def _fetch_prefix(self, doc: DocKey, ctx: FetchContext) -> Document:
+        prefix = doc.path
+        path = prefix.rstrip("/") or "/"
+        values: dict[str, str] = {}
+        versions: dict[str, int] = {}
+        try:
+            client = self.aws.client(SERVICE, ctx)
+            pages = client.get_paginator("get_parameters_by_path").paginate(
+                Path=path, Recursive=doc.param("recursive", "true") == "true", WithDecryption=True
+            )
+            for page in pages:
+                for p in page.get("Parameters", []):
+                    name = str(p["Name"])
+                    if not name.startswith(prefix):
+                        continue
+                    values[name[len(prefix) :]] = p["Value"]
+                    versions[name[len(prefix) :]] = int(p.get("Version", 0))
+        except Exception as e:
+            raise self._error(e, doc) from None
+        if not values:
+            raise NotFound(f"{self._what(doc)}: no parameters under {doc.path}")
+        # A map has no single version; a digest of (name, version) pairs changes
+        # whenever any parameter below the prefix does. It hashes no values.
+        digest = hashlib.sha256(repr(sorted(versions.items())).encode()).hexdigest()[:16]
+        return Document(
+            values,
+            version=digest,
+            metadata={"prefix": prefix, "count": len(values), "versions": dict(sorted(versions.items()))},
+        )
+
+    def fetch_many(self, docs: Sequence[DocKey], ctx: FetchContext) -> dict[DocKey, Document | SecretError]:
+        out: dict[DocKey, Document | SecretError] = {}
+        batchable: list[DocKey] = []
+        for doc in docs:
+            # Prefixes have their own API; Secrets Manager references go alone
+            # because GetParameters support for them is not documented everywhere.
+            if _is_prefix(doc) or doc.path.startswith(SM_REFERENCE):
+                out[doc] = self._fetch_quietly(doc, ctx)
+            else:
+                batchable.append(doc)
+        for chunk in _chunks(batchable):
+            out.update(self._batch(chunk, ctx))
+        return out
+
+    def _fetch_quietly(self, doc: DocKey, ctx: FetchContext) -> Document | SecretError:
+        try:
+            return self.fetch(doc, ctx)
+        except SecretError as e:
+            return e
+
+    def _batch(self, docs: list[DocKey], ctx: FetchContext) -> dict[DocKey, Document | SecretError]:
+        try:
+            client = self.aws.client(SERVICE, ctx)
+            response = client.get_parameters(Names=[_selector(d) for d in docs], WithDecryption=True)
+        except Exception as e:
+            err = self._error(e, docs[0])
+            if isinstance(err, BadVersion | BadReference | NotFound):
+                # One bad selector can fail the whole call: let each speak for itself.
+                return {d: self._fetch_quietly(d, ctx) for d in docs}
+            raise classify(e, f"Parameter Store (GetParameters of {len(docs)} parameters)") from None
+        by_name = {str(p["Name"]): p for p in response.get("Parameters", [])}
+        by_arn = {str(p.get("ARN")): p for p in response.get("Parameters", [])}
+        invalid = set(response.get("InvalidParameters", []))
+        out: dict[DocKey, Document | SecretError] = {}
+        for doc in docs:
+            found = by_name.get(doc.path) or by_arn.get(doc.path)
+            if found is not None:
+                out[doc] = _document(found)
+            elif _selector(doc) in invalid and not doc.query:
+                out[doc] = NotFound(f"{self._what(doc)}: parameter not found")
+            else:  # a pinned version/label (which part is missing?) or an unmatched answer
+                out[doc] = self._fetch_quietly(doc, ctx)
+        return out
+
+    # --- errors -----------------------------------------------------------------
+
+    def _error(self, exc: Exception, doc: DocKey) -> SecretError:
+        what = self._what(doc)
+        code, status = error_code(exc)
+        message = error_message(exc)
+        if code == "ParameterNotFound":
+            if doc.param("label") is not None:
+                return BadVersion(f"{what}: the parameter or its label '{doc.param('label')}' was not found")
+            return NotFound(f"{what}: parameter not found")
+        if code == "ParameterVersionNotFound":
+            return BadVersion(f"{what}: the parameter has no version {doc.param('version')}")
+        if code in ("InvalidKeyId", "KMSAccessDeniedException"):
+            return AccessDenied(f"{what}: cannot decrypt the SecureString ({code})")
+        if code in aws_session.TRANSIENT_CODES or status == 429 or (status >= 500):
+            return Unavailable(f"{what}: AWS is unavailable or throttling ({code or status})")
+        if code == "ValidationException" and message:
+            return BadReference(f"{what}: rejected by AWS: {message}")
+        return classify(exc, what)
+
+    def credential_env(self) -> set[str]:
+        return self.aws.credential_env()
+
+    def close(self) -> None:
+        self.aws.close()
+
+
+def _chunks(docs: list[DocKey]) -> list[list[DocKey]]:
+    """Up to BATCH_MAX documents per call, each parameter name at most once per call."""
+    chunks: list[tuple[set[str], list[DocKey]]] = []
+    for doc in docs:
+        for names, chunk in chunks:
+            if doc.path not in names and len(chunk) < BATCH_MAX:
+                names.add(doc.path)
+                chunk.append(doc)
+                break
+        else:
+            chunks.append(({doc.path}, [doc]))
+    return [chunk for _, chunk in chunks]
+
+
+def _document(p: Mapping[str, Any]) -> Document:
+    metadata: dict[str, Any] = {"name": p.get("Name"), "type": p.get("Type"), "arn": p.get("ARN")}
+    if p.get("Selector"):
+        metadata["selector"] = p["Selector"]
+    modified = p.get("LastModifiedDate")
+    if modified is not None:
+        metadata["last_modified"] = modified.isoformat()
+    version = p.get("Version")
+    return Document(p.get("Value"), version=None if version is None else str(version), metadata=metadata)

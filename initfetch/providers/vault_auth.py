@@ -1,0 +1,278 @@
+"""Vault / OpenBao login methods, one small class each behind one interface.
+
+The manifest's `auth:` block picks a method and its mount:
+
+    auth: {method: approle, mount: approle, role_id_file: ..., secret_id_env: ...}
+
+Each credential can come from a literal value, a file or an environment
+variable (`X`, `X_file`, `X_env`). Values read here are secrets: they never go
+into messages; `secrets()` lists them so error texts from Vault can be scrubbed.
+hvac is imported lazily by the caller; these classes only call methods on the
+client they are given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+from initfetch.errors import AccessDenied
+
+OptionProblem = tuple[tuple[str, ...], str]
+
+K8S_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
+
+
+class LoginError(AccessDenied):
+    """Credentials could not be read or were refused (permanent)."""
+
+
+def _read_file(path: str, what: str) -> str:
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
+            value = f.read().strip()
+    except OSError as e:
+        raise LoginError(f"cannot read {what} file {path}: {e.strerror or e.__class__.__name__}") from None
+    if not value:
+        raise LoginError(f"{what} file {path} is empty")
+    return value
+
+
+class AuthMethod:
+    """One login method. `login(client)` leaves a token on the hvac client."""
+
+    method: ClassVar[str] = ""
+    default_mount: ClassVar[str] = ""
+    # option -> type; every method also takes `method` and `mount`.
+    KEYS: ClassVar[dict[str, type]] = {}
+    # credentials given as X / X_file / X_env: name -> required
+    CREDENTIALS: ClassVar[dict[str, bool]] = {}
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+        self.options = dict(options)
+        self.environ = environ
+        self.mount = str(options.get("mount") or self.default_mount).strip("/")
+        self._secrets: list[str] = []
+        self._env_used: set[str] = set()
+
+    # --- offline validation ---
+
+    @classmethod
+    def all_keys(cls) -> dict[str, type]:
+        keys: dict[str, type] = {"method": str, "mount": str}
+        for name in cls.CREDENTIALS:
+            keys.update({name: str, f"{name}_file": str, f"{name}_env": str})
+        keys.update(cls.KEYS)
+        return keys
+
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> Iterable[OptionProblem]:
+        known = cls.all_keys()
+        for key, value in options.items():
+            if key not in known:
+                names = ", ".join(sorted(known))
+                yield ("auth", key), f"unknown option '{key}' for auth method {cls.method} (known: {names})"
+            elif not isinstance(value, known[key]) or (known[key] is str and not value):
+                what = "true or false" if known[key] is bool else "a non-empty string"
+                yield ("auth", key), f"'{key}' must be {what}"
+        for name, required in cls.CREDENTIALS.items():
+            given = [k for k in (name, f"{name}_file", f"{name}_env") if k in options]
+            if len(given) > 1:
+                yield ("auth", given[1]), f"give only one of {', '.join(given)}"
+            elif required and not given:
+                yield ("auth",), f"auth method {cls.method} needs one of {name}, {name}_file or {name}_env"
+        for key in cls.REQUIRED:
+            if key not in options:
+                yield ("auth",), f"auth method {cls.method} needs '{key}'"
+
+    # --- credentials ---
+
+    def credential(self, name: str) -> str | None:
+        """A credential from its value, file or environment variable, or None if not configured."""
+        if name in self.options:
+            value = str(self.options[name])
+        elif f"{name}_file" in self.options:
+            value = _read_file(str(self.options[f"{name}_file"]), name.replace("_", " "))
+        elif f"{name}_env" in self.options:
+            var = str(self.options[f"{name}_env"])
+            value = self.environ.get(var, "").strip()
+            if not value:
+                raise LoginError(f"environment variable {var} (auth {name}_env) is not set or empty")
+            self._env_used.add(var)
+        else:
+            return None
+        self._secrets.append(value)
+        return value
+
+    def configured_env(self) -> set[str]:
+        """Environment variables this method reads that are set (credential_env)."""
+        names = {str(self.options[f"{n}_env"]) for n in self.CREDENTIALS if f"{n}_env" in self.options}
+        return {n for n in names if n in self.environ} | self._env_used
+
+    def secrets(self) -> list[str]:
+        return list(self._secrets)
+
+    def describe(self) -> str:
+        return f"{self.method} login at auth/{self.mount}"
+
+    def login(self, client: Any) -> None:
+        raise NotImplementedError
+
+
+class TokenAuth(AuthMethod):
+    """A ready token: `token_file`, else VAULT_TOKEN, else ~/.vault-token (as the Vault CLI does)."""
+
+    method = "token"
+    KEYS: ClassVar[dict[str, type]] = {"token_file": str, "token_env": str}
+
+    def _token(self) -> str:
+        if "token_file" in self.options:
+            return _read_file(str(self.options["token_file"]), "token")
+        var = str(self.options.get("token_env", "VAULT_TOKEN"))
+        value = self.environ.get(var, "").strip()
+        if value:
+            self._env_used.add(var)
+            return value
+        if "token_env" in self.options:
+            raise LoginError(f"environment variable {var} (auth token_env) is not set or empty")
+        home = self.environ.get("HOME")
+        if home and os.path.exists(os.path.join(home, ".vault-token")):
+            return _read_file(os.path.join(home, ".vault-token"), "token")
+        raise LoginError("no Vault token: set VAULT_TOKEN, auth.token_file, or write ~/.vault-token")
+
+    def configured_env(self) -> set[str]:
+        if "token_file" in self.options:
+            return set()
+        var = str(self.options.get("token_env", "VAULT_TOKEN"))
+        return ({var} if self.environ.get(var) else set()) | self._env_used
+
+    def describe(self) -> str:
+        return "token login"
+
+    def login(self, client: Any) -> None:
+        token = self._token()
+        self._secrets.append(token)
+        client.token = token
+
+
+class AppRoleAuth(AuthMethod):
+    method = "approle"
+    default_mount = "approle"
+    CREDENTIALS: ClassVar[dict[str, bool]] = {"role_id": True, "secret_id": False}
+    KEYS: ClassVar[dict[str, type]] = {"secret_id_wrapped": bool}
+
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> Iterable[OptionProblem]:
+        yield from super().check(options)
+        if options.get("secret_id_wrapped") is True and not any(
+            k in options for k in ("secret_id", "secret_id_file", "secret_id_env")
+        ):
+            yield (
+                ("auth", "secret_id_wrapped"),
+                "secret_id_wrapped needs secret_id, secret_id_file or secret_id_env",
+            )
+
+    def login(self, client: Any) -> None:
+        role_id = self.credential("role_id")
+        secret_id = self.credential("secret_id")
+        if secret_id is not None and self.options.get("secret_id_wrapped") is True:
+            secret_id = self._unwrap(client, secret_id)
+        client.auth.approle.login(role_id=role_id, secret_id=secret_id, mount_point=self.mount)
+
+    def _unwrap(self, client: Any, wrapping_token: str) -> str:
+        """A response-wrapped secret id: unwrap with the wrapping token as the client token."""
+        import hvac
+
+        wrapped = hvac.Client(
+            url=client.url,
+            token=wrapping_token,
+            namespace=client.adapter.namespace,
+            session=client.session,
+            verify=client.session.verify,
+            cert=client.session.cert,
+        )
+        try:
+            response = wrapped.sys.unwrap()
+        except hvac.exceptions.InvalidRequest as e:
+            # A used or expired wrapping token: someone else may have unwrapped it first.
+            raise LoginError(
+                "unwrapping the AppRole secret id failed (wrapping token invalid, expired or already used)"
+            ) from e
+        data = response.get("data") if isinstance(response, dict) else None
+        secret_id = data.get("secret_id") if isinstance(data, dict) else None
+        if not isinstance(secret_id, str) or not secret_id:
+            raise LoginError("the unwrapped response holds no secret_id")
+        self._secrets.append(secret_id)
+        return secret_id
+
+
+class KubernetesAuth(AuthMethod):
+    """Service-account token login; the token file is the projected one by default."""
+
+    method = "kubernetes"
+    default_mount = "kubernetes"
+    KEYS: ClassVar[dict[str, type]] = {"role": str, "token_file": str}
+    REQUIRED = ("role",)
+
+    def login(self, client: Any) -> None:
+        jwt = _read_file(str(self.options.get("token_file", K8S_TOKEN_FILE)), "service-account token")
+        self._secrets.append(jwt)
+        client.auth.kubernetes.login(role=self.options["role"], jwt=jwt, mount_point=self.mount)
+
+
+class JwtAuth(AuthMethod):
+    """A JWT from CI or workload identity, from `token_file` or `token_env`."""
+
+    method = "jwt"
+    default_mount = "jwt"
+    KEYS: ClassVar[dict[str, type]] = {"role": str}
+    CREDENTIALS: ClassVar[dict[str, bool]] = {"token": True}
+    REQUIRED = ("role",)
+
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> Iterable[OptionProblem]:
+        for problem in super().check(options):
+            # A literal JWT in a manifest is a mistake: it expires and it is a secret.
+            if problem[0] == ("auth", "token"):
+                continue
+            yield problem
+        if "token" in options:
+            yield ("auth", "token"), "give the JWT as token_file or token_env, not inline"
+
+    def login(self, client: Any) -> None:
+        jwt = self.credential("token")
+        client.auth.jwt.jwt_login(role=self.options["role"], jwt=jwt, path=self.mount)
+
+
+class OidcAuth(JwtAuth):
+    """The same JWT login on a mount of type oidc (default mount `oidc`)."""
+
+    method = "oidc"
+    default_mount = "oidc"
+
+
+METHODS: dict[str, type[AuthMethod]] = {
+    m.method: m for m in (TokenAuth, AppRoleAuth, KubernetesAuth, JwtAuth, OidcAuth)
+}
+
+
+def check_auth(auth: object) -> Iterable[OptionProblem]:
+    """Problems with an `auth:` block, with key paths like ("auth", "method")."""
+    if auth is None:
+        return
+    if not isinstance(auth, Mapping):
+        yield ("auth",), "'auth' must be a mapping with a 'method'"
+        return
+    method = auth.get("method", "token")
+    cls = METHODS.get(method) if isinstance(method, str) else None
+    if cls is None:
+        yield ("auth", "method"), f"unknown auth method {method!r} (known: {', '.join(sorted(METHODS))})"
+        return
+    yield from cls.check(auth)
+
+
+def make_auth(auth: Mapping[str, Any] | None, environ: Mapping[str, str]) -> AuthMethod:
+    options = dict(auth or {})
+    return METHODS[str(options.get("method", "token"))](options, environ)

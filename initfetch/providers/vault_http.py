@@ -1,0 +1,191 @@
+"""The HTTP layer under hvac: TLS settings, a per-call deadline, hvac errors -> SecretErrors.
+
+hvac reads VAULT_CACERT & co. when it is imported, so nothing here relies on
+that: verify, cert and the TLS server name are set on our own requests session
+and handed to hvac explicitly. hvac never retries and our adapters use
+`max_retries=0`, so one call is one HTTP attempt; the core does the retrying.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from initfetch.errors import AccessDenied, BadReference, NotFound, SecretError, Unavailable
+
+DEFAULT_ADDRESS = "https://127.0.0.1:8200"  # the Vault CLI's default
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where and how to connect; manifest options first, then the standard VAULT_* variables."""
+
+    address: str
+    namespace: str | None
+    ca_file: str | None
+    ca_path: str | None
+    client_cert: str | None
+    client_key: str | None
+    tls_server_name: str | None
+    skip_verify: bool
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], environ: Mapping[str, str]) -> Connection:
+        def pick(option: str, var: str) -> str | None:
+            value = options.get(option)
+            if value is None:
+                value = environ.get(var) or None
+            return str(value) if value is not None else None
+
+        return cls(
+            address=(pick("address", "VAULT_ADDR") or DEFAULT_ADDRESS).rstrip("/"),
+            namespace=pick("namespace", "VAULT_NAMESPACE"),
+            ca_file=pick("ca_file", "VAULT_CACERT"),
+            ca_path=pick("ca_path", "VAULT_CAPATH"),
+            client_cert=pick("client_cert", "VAULT_CLIENT_CERT"),
+            client_key=pick("client_key", "VAULT_CLIENT_KEY"),
+            tls_server_name=pick("tls_server_name", "VAULT_TLS_SERVER_NAME"),
+            skip_verify=options.get("tls_skip_verify") is True,
+        )
+
+    @property
+    def verify(self) -> bool | str:
+        if self.skip_verify:
+            return False
+        # Like the Vault CLI, a CA file wins over a CA directory; requests takes either.
+        return self.ca_file or self.ca_path or True
+
+    @property
+    def cert(self) -> tuple[str, str] | str | None:
+        if self.client_cert and self.client_key:
+            return (self.client_cert, self.client_key)
+        return self.client_cert
+
+
+def make_session(conn: Connection) -> Any:
+    """A requests session whose per-call timeout comes from the caller's deadline."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    class ServerNameAdapter(HTTPAdapter):
+        """Sends SNI and checks the certificate for `server_name`, not the address's host."""
+
+        def __init__(self, server_name: str | None) -> None:
+            self._server_name = server_name
+            super().__init__(max_retries=0)
+
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            if self._server_name:
+                kwargs["server_hostname"] = self._server_name
+                kwargs["assert_hostname"] = self._server_name
+            super().init_poolmanager(*args, **kwargs)
+
+    class DeadlineSession(requests.Session):
+        def __init__(self) -> None:
+            super().__init__()
+            self.local = threading.local()
+
+        def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+            timeout = getattr(self.local, "timeout", None)
+            if timeout is not None:
+                kwargs["timeout"] = timeout()
+            self.local.status = None
+            response = super().request(method, url, *args, **kwargs)
+            self.local.status = response.status_code
+            return response
+
+    session = DeadlineSession()
+    session.mount("https://", ServerNameAdapter(conn.tls_server_name))
+    session.mount("http://", ServerNameAdapter(None))
+    session.verify = conn.verify
+    session.cert = conn.cert
+    return session
+
+
+@contextmanager
+def call_timeout(session: Any, timeout: Callable[[], float]) -> Iterator[None]:
+    """Bound every HTTP call this thread makes inside the block by `timeout()`, asked per call."""
+    previous = getattr(session.local, "timeout", None)
+    session.local.timeout = timeout
+    try:
+        yield
+    finally:
+        session.local.timeout = previous
+
+
+_NOISE = re.compile(r"\d+ errors? occurred:|\s*\*\s*")
+
+
+def vault_message(e: BaseException, scrub: list[str]) -> str:
+    """Vault's own error text, one short line, with known credentials removed."""
+    # Only Vault's JSON `errors` list: a proxy's HTML error page is noise, and could echo anything.
+    errors = getattr(e, "errors", None)
+    text = "; ".join(str(x) for x in errors) if isinstance(errors, list) else ""
+    text = " ".join(_NOISE.sub(" ", text).split())
+    for value in scrub:
+        if value:
+            text = text.replace(value, "[redacted]")
+    return text[:300]
+
+
+@contextmanager
+def mapped_errors(
+    session: Any, *, what: str, address: str, scrub: list[str], login: bool = False
+) -> Iterator[None]:
+    """Turn hvac/requests failures of one call into SecretErrors.
+
+    `what` names the call for messages ("reading secret/data/app"). Transient
+    ones (connection, timeout, 429, 5xx, sealed) become Unavailable; a refused
+    login (400/401/403) is AccessDenied.
+    """
+    import hvac.exceptions as hx
+    import requests
+
+    try:
+        yield
+    except SecretError:
+        raise
+    except requests.exceptions.SSLError as e:
+        # A trust problem does not fix itself by waiting: fail at once.
+        reason = e.args[0].reason if e.args and hasattr(e.args[0], "reason") else e
+        raise AccessDenied(f"TLS connection to {address} failed while {what}: {reason}") from None
+    except requests.exceptions.Timeout:
+        raise Unavailable(f"Vault at {address} timed out while {what}") from None
+    except requests.exceptions.ConnectionError:
+        raise Unavailable(f"cannot connect to Vault at {address} while {what}") from None
+    except requests.exceptions.RequestException as e:
+        raise Unavailable(
+            f"HTTP error from Vault at {address} while {what}: {e.__class__.__name__}"
+        ) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        # hvac choking on a body that is not Vault's (a proxy's page, a JSON string): not a Vault answer.
+        status = getattr(session.local, "status", None)
+        message = f"unexpected response from {address} ({status or 'no status'}) while {what}"
+        if status is not None and 400 <= status < 500 and status not in (408, 412, 429):
+            raise BadReference(message) from None
+        raise Unavailable(message) from e
+    except hx.VaultError as e:
+        status = getattr(session.local, "status", None)
+        detail = vault_message(e, scrub)
+        suffix = f": {detail}" if detail and detail != "permission denied" else ""
+        if isinstance(e, hx.RateLimitExceeded):
+            raise Unavailable(f"Vault rate limit (429) while {what}{suffix}") from None
+        if isinstance(e, hx.VaultDown):
+            raise Unavailable(f"Vault is sealed or in standby (503) while {what}{suffix}") from None
+        if isinstance(e, hx.InternalServerError | hx.BadGateway | hx.VaultNotInitialized) or (
+            isinstance(e, hx.UnexpectedError)
+            and status is not None
+            and (status >= 500 or status in (408, 412))
+        ):
+            raise Unavailable(f"Vault answered {status or 'a server error'} while {what}{suffix}") from None
+        if isinstance(e, hx.Forbidden | hx.Unauthorized):
+            raise AccessDenied(f"permission denied {what}{suffix}") from None
+        if login:
+            raise AccessDenied(f"{what} was refused{suffix}") from None
+        if isinstance(e, hx.InvalidPath):
+            raise NotFound(f"nothing found {what}{suffix}") from None
+        raise BadReference(f"Vault rejected the request {what} ({status or 400}){suffix}") from None
