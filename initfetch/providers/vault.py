@@ -181,7 +181,7 @@ class VaultProvider(Provider):
         None when that endpoint denies us (no access anywhere in the mount, or no
         mount there): the path is then read as it is and its own error speaks.
         """
-        cached = [m for p, m in self._mounts.items() if path.startswith(p)]
+        cached = [m for p, m in list(self._mounts.items()) if path.startswith(p)]  # other threads add
         if cached:
             return max(cached, key=lambda m: len(m.path))
         import hvac.exceptions as hx
