@@ -92,15 +92,22 @@ class NotReady(InitfetchError):
 class ResolveFailed(InitfetchError):
     """Some required references did not resolve.
 
-    Exit 3 when any failure is permanent (not found, denied, missing key, bad
-    version); exit 4 when every failure is a backend that stayed unavailable.
+    Exit 2 when any reference or provider setting is unusable (bad input comes
+    first: fix it, then see what else fails); else exit 4 when every failure is
+    a backend that stayed unavailable; else exit 3 (not found, denied, missing
+    key, bad version).
     """
 
     headline = "secrets could not be resolved"
 
-    def __init__(self, problems: list[Problem], *, all_unavailable: bool) -> None:
+    def __init__(self, problems: list[Problem], *, kinds: set[str]) -> None:
         super().__init__(problems)
-        self.exit_code = EXIT_UNAVAILABLE if all_unavailable else EXIT_UNRESOLVED
+        if BadReference.kind in kinds:
+            self.exit_code = EXIT_BAD_INPUT
+        elif kinds == {Unavailable.kind}:
+            self.exit_code = EXIT_UNAVAILABLE
+        else:
+            self.exit_code = EXIT_UNRESOLVED
 
 
 # --- errors providers raise for one document ------------------------------------

@@ -254,7 +254,7 @@ class Resolver:
                 outcome=resolved.outcome,
             )
         if problems:
-            raise ResolveFailed(problems, all_unavailable=kinds == {"unavailable"})
+            raise ResolveFailed(problems, kinds=kinds)
         return Resolution(values, info, self.instances)
 
     def close(self) -> None:

@@ -10,8 +10,8 @@ those credentials are refreshed by botocore before they expire.
 Timeouts and retries: botocore retries at most once (standard mode, 2
 attempts); the resolver owns the real retry loop. A client's connect/read
 timeout is fixed when it is built, so clients are cached per timeout bucket
-(1, 2, 5, 10 s) and each call uses the largest bucket that still fits in the
-run's remaining time.
+(1, 2, 5, 10 s) and each call uses the largest bucket with which all its
+attempts still fit in the run's remaining time (never below 1 s).
 """
 
 from __future__ import annotations
@@ -130,8 +130,8 @@ def check_options(type_name: str, options: Mapping[str, Any]) -> list[OptionProb
 
 
 def timeout_bucket(ctx: FetchContext) -> float:
-    """The largest fixed timeout that fits in what is left of the run."""
-    t = ctx.timeout(_TIMEOUT_BUCKETS[-1])
+    """The largest fixed timeout with which every attempt of a call fits in what is left of the run."""
+    t = ctx.timeout(_TIMEOUT_BUCKETS[-1] * MAX_ATTEMPTS) / MAX_ATTEMPTS
     fitting = [b for b in _TIMEOUT_BUCKETS if b <= t]
     return fitting[-1] if fitting else _TIMEOUT_BUCKETS[0]
 

@@ -31,14 +31,17 @@ QUERY_KEYS = ("label", "recursive", "version")
 SM_REFERENCE = "/aws/reference/secretsmanager/"
 _NAME_RE = re.compile(r"^[A-Za-z0-9/_.\-]{1,2048}$")
 _LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,99}$")
+_ENV_SUB_RE = re.compile(r"[/\-. ]")
 _ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
 def env_names(prefix_map: Mapping[str, str]) -> dict[str, str]:
     """Environment variable names for a path-prefix map (relative name -> value).
 
-    The mapping: uppercase, and `/`, `-`, `.` become `_`; so `db/password` ->
-    `DB_PASSWORD`, `api-key` -> `API_KEY`, `tls.cert` -> `TLS_CERT`. A result
+    The mapping (the same as the manifest's `env_from`): leading/trailing `/`
+    dropped, uppercase, and `/`, `-`, `.` and spaces become `_`; so
+    `db/password` -> `DB_PASSWORD`, `api-key` -> `API_KEY`, `tls.cert` ->
+    `TLS_CERT`. A result
     that is not `[A-Z_][A-Z0-9_]*` (e.g. starts with a digit) or that two
     parameters share (`db-pass` and `db_pass`) raises ValueError with a
     one-line message naming the parameters, never their values.
@@ -46,7 +49,7 @@ def env_names(prefix_map: Mapping[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     source: dict[str, str] = {}
     for name, value in prefix_map.items():
-        env = name.upper().replace("/", "_").replace("-", "_").replace(".", "_")
+        env = _ENV_SUB_RE.sub("_", name.strip("/")).upper()
         if not _ENV_RE.match(env):
             raise ValueError(f"parameter '{name}' maps to '{env}', not a valid environment variable name")
         if env in out:
