@@ -418,3 +418,28 @@ def test_symlinked_output_is_not_followed(project: Path, tmp_path: Path) -> None
     r = run_cli(["render", "-o", str(out), "--allow-disk"], env=env_for(project), cwd=project)
     assert r.returncode == 5 and "symlink" in r.stderr
     assert list(elsewhere.iterdir()) == []
+
+
+def test_owner_and_group_are_applied(tmp_path: Path) -> None:
+    from tests.conftest import require
+
+    require(os.geteuid() == 0, "needs root to chown")
+    write(
+        tmp_path / "initfetch.yaml",
+        "version: 1\nsecrets:\n  s: env://S\nfiles:\n"
+        "  - {secret: s, dest: s, owner: 65532, group: '65533', mode: '0440'}\n",
+    )
+    r = run_cli(["render", "-o", str(tmp_path / "o"), "--allow-disk"], env=clean_env(S="v"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    st = (tmp_path / "o/s").stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65532, 65533, 0o440)
+
+
+def test_json_logs_on_failure_carry_no_values(project: Path) -> None:
+    env = env_for(project, INITFETCH_LOG_FORMAT="json")
+    env["API_JSON"] = json.dumps({"wrong": CANARY2})
+    r = run_cli(["render", "-o", str(project / "o"), "--allow-disk"], env=env, cwd=project)
+    assert r.returncode == 3
+    records = [json.loads(line) for line in r.stderr.splitlines()]
+    assert any(rec.get("level") == "error" and "missing-key" in rec.get("msg", "") for rec in records)
+    assert_no_canary(r.stderr)
