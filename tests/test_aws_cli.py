@@ -169,7 +169,8 @@ def test_unreachable_endpoint_exits_4(seeded: dict[str, str], tmp_path: Path) ->
 
 
 def test_demo_helpers_start_seed_and_stop() -> None:
-    from initfetch.providers.aws_ssm import ParameterStoreProvider, env_names
+    from initfetch.manifest import env_var_names
+    from initfetch.providers.aws_ssm import ParameterStoreProvider
     from initfetch.providers.base import FetchContext
     from initfetch.reference import DocKey
     from tests.backends.moto_server import seed_demo, start_moto
@@ -183,6 +184,7 @@ def test_demo_helpers_start_seed_and_stop() -> None:
         import time
 
         doc = p.fetch(DocKey("/demo/prod/"), FetchContext(time.monotonic() + 30))
-        assert env_names(doc.value)["DB_PASSWORD"] == "demo-ssm-db-password"
+        env = {n: doc.value[k] for k, n in env_var_names(doc.value, "").items()}
+        assert env["DB_PASSWORD"] == "demo-ssm-db-password"
     finally:
         handle.stop()

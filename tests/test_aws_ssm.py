@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from initfetch.errors import BadVersion, NotFound, SecretError
-from initfetch.providers.aws_ssm import ParameterStoreProvider, env_names
+from initfetch.manifest import env_var_names
+from initfetch.providers.aws_ssm import ParameterStoreProvider
 from initfetch.providers.base import Document, FetchContext
 from initfetch.reference import DocKey, parse
 from tests.backends.moto_server import aws_client, aws_env_fixture, moto_url_fixture  # noqa: F401
@@ -26,6 +27,12 @@ def ctx(seconds: float = 30) -> FetchContext:
 
 def provider(options: dict[str, Any] | None = None) -> ParameterStoreProvider:
     return ParameterStoreProvider("ssm", options or {}, dict(os.environ))
+
+
+def env_names(values: dict[str, Any]) -> dict[str, Any]:
+    """Variable name -> value, named by the core's `env_from` rule (no prefix)."""
+    names = env_var_names(values, "")
+    return {names[k]: v for k, v in values.items()}
 
 
 def prefix() -> str:
@@ -113,13 +120,13 @@ def test_env_names_mapping() -> None:
         "API_KEY": "y",
         "TLS_CERT": "z",
     }
-    with pytest.raises(ValueError, match="'1st' maps to '1ST'") as e:
+    with pytest.raises(ValueError, match=r"'1st' does not map to a valid variable name \('1ST'\)") as e:
         env_names({"1st": CANARY})
     assert CANARY not in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(ValueError, match="both map to variable DB_PASS") as e2:
+    with pytest.raises(ValueError, match="two keys map to the variable name DB_PASS") as e2:
         env_names({"db-pass": CANARY, "db_pass": CANARY})
     assert CANARY not in str(e2.value)
-    with pytest.raises(ValueError, match="not a valid"):
+    with pytest.raises(ValueError, match="'a:b' does not map to a valid"):
         env_names({"a:b": "x"})
     assert env_names({"/x y/": "v"}) == {"X_Y": "v"}
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from initfetch.errors import AccessDenied, BadReference, BadVersion, NotFound, SecretError, Unavailable
 from initfetch.providers import aws_session
-from initfetch.providers.aws_session import AwsSession, classify, error_code, error_message, one_line
-from initfetch.providers.base import Document, FetchContext, OptionProblem, Provider
+from initfetch.providers.aws_base import AwsProvider
+from initfetch.providers.aws_session import classify, error_code, error_message, one_line
+from initfetch.providers.base import Document, FetchContext
 from initfetch.reference import DocKey, Reference
 
 SERVICE = "secretsmanager"
@@ -33,15 +34,13 @@ def arn_region(path: str) -> str | None:
     return m.group(1) if m else None
 
 
-class SecretsManagerProvider(Provider):
+class SecretsManagerProvider(AwsProvider):
     type_name = "aws-secretsmanager"
-    OPTIONS: ClassVar = dict(aws_session.OPTIONS)
-    max_concurrency = 8
+    service_label = "Secrets Manager"
     batch_size = BATCH_MAX
 
     def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         super().__init__(name, options, environ)
-        self.aws = AwsSession(name, self.options, environ)
         # Cleared when the batch API is denied (a policy that grants only
         # GetSecretValue); plain references then go one by one.
         self._batch_allowed = True
@@ -49,18 +48,10 @@ class SecretsManagerProvider(Provider):
     # --- offline checks ---------------------------------------------------------
 
     @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> Iterable[OptionProblem]:
-        yield from super().check_options(options)
-        yield from aws_session.check_options(cls.type_name, options)
-
-    @classmethod
     def check_reference(cls, ref: Reference) -> str | None:
-        unknown = {k for k, _ in ref.doc.query} - set(QUERY_KEYS)
+        unknown = cls._unknown_query(ref.doc, QUERY_KEYS)
         if unknown:
-            return (
-                f"unknown query parameter(s) for Secrets Manager: {', '.join(sorted(unknown))} "
-                f"(known: {', '.join(QUERY_KEYS)})"
-            )
+            return unknown
         path = ref.doc.path
         if path.startswith("arn:"):
             if not _ARN_RE.match(path):
@@ -76,10 +67,6 @@ class SecretsManagerProvider(Provider):
         return None
 
     # --- fetching ---------------------------------------------------------------
-
-    def _what(self, doc: DocKey) -> str:
-        # The resolver prints the reference before the message; name the service only.
-        return "Secrets Manager"
 
     def fetch(self, doc: DocKey, ctx: FetchContext) -> Document:
         args: dict[str, Any] = {"SecretId": doc.path}
@@ -106,12 +93,6 @@ class SecretsManagerProvider(Provider):
             for i in range(0, len(group), BATCH_MAX):
                 out.update(self._batch(group[i : i + BATCH_MAX], region, ctx))
         return out
-
-    def _fetch_quietly(self, doc: DocKey, ctx: FetchContext) -> Document | SecretError:
-        try:
-            return self.fetch(doc, ctx)
-        except SecretError as e:
-            return e
 
     def _batch(
         self, docs: list[DocKey], region: str | None, ctx: FetchContext
@@ -150,12 +131,6 @@ class SecretsManagerProvider(Provider):
             else:  # not named in the answer at all: ask for it alone
                 out[doc] = self._fetch_quietly(doc, ctx)
         return out
-
-    def credential_env(self) -> set[str]:
-        return self.aws.credential_env()
-
-    def close(self) -> None:
-        self.aws.close()
 
     # --- errors -----------------------------------------------------------------
 

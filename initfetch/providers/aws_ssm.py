@@ -4,8 +4,8 @@
 `?version=4` or `?label=blue` pins one. `ssm:///aws/reference/secretsmanager/NAME`
 reads a Secrets Manager secret through Parameter Store. A path ending in `/`
 (`ssm:///myapp/prod/`) reads every parameter below it (GetParametersByPath,
-recursive unless `?recursive=false`) into a map of relative name -> value;
-`env_names` turns such a map into environment variable names.
+recursive unless `?recursive=false`) into a map of relative name -> value,
+which the manifest's `env_from` can spread into environment variables.
 
 Plain and pinned single parameters are read with GetParameters, 10 per call
 (`name:4` / `name:label` selectors). A call never names one parameter twice,
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from initfetch.errors import AccessDenied, BadReference, BadVersion, NotFound, SecretError, Unavailable
 from initfetch.providers import aws_session
-from initfetch.providers.aws_session import AwsSession, classify, error_code, error_message
-from initfetch.providers.base import Document, FetchContext, OptionProblem, Provider
+from initfetch.providers.aws_base import AwsProvider
+from initfetch.providers.aws_session import classify, error_code, error_message
+from initfetch.providers.base import Document, FetchContext
 from initfetch.reference import DocKey, Reference
 
 SERVICE = "ssm"
@@ -31,32 +32,6 @@ QUERY_KEYS = ("label", "recursive", "version")
 SM_REFERENCE = "/aws/reference/secretsmanager/"
 _NAME_RE = re.compile(r"^[A-Za-z0-9/_.\-]{1,2048}$")
 _LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,99}$")
-_ENV_SUB_RE = re.compile(r"[/\-. ]")
-_ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-
-
-def env_names(prefix_map: Mapping[str, str]) -> dict[str, str]:
-    """Environment variable names for a path-prefix map (relative name -> value).
-
-    The mapping (the same as the manifest's `env_from`): leading/trailing `/`
-    dropped, uppercase, and `/`, `-`, `.` and spaces become `_`; so
-    `db/password` -> `DB_PASSWORD`, `api-key` -> `API_KEY`, `tls.cert` ->
-    `TLS_CERT`. A result
-    that is not `[A-Z_][A-Z0-9_]*` (e.g. starts with a digit) or that two
-    parameters share (`db-pass` and `db_pass`) raises ValueError with a
-    one-line message naming the parameters, never their values.
-    """
-    out: dict[str, str] = {}
-    source: dict[str, str] = {}
-    for name, value in prefix_map.items():
-        env = _ENV_SUB_RE.sub("_", name.strip("/")).upper()
-        if not _ENV_RE.match(env):
-            raise ValueError(f"parameter '{name}' maps to '{env}', not a valid environment variable name")
-        if env in out:
-            raise ValueError(f"parameters '{source[env]}' and '{name}' both map to variable {env}")
-        out[env] = value
-        source[env] = name
-    return out
 
 
 def _selector(doc: DocKey) -> str:
@@ -73,32 +48,19 @@ def _is_prefix(doc: DocKey) -> bool:
     return doc.path.endswith("/")
 
 
-class ParameterStoreProvider(Provider):
+class ParameterStoreProvider(AwsProvider):
     type_name = "aws-ssm"
-    OPTIONS: ClassVar = dict(aws_session.OPTIONS)
-    max_concurrency = 8
+    service_label = "Parameter Store"
     batch_size = BATCH_MAX
-
-    def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
-        super().__init__(name, options, environ)
-        self.aws = AwsSession(name, self.options, environ)
 
     # --- offline checks ---------------------------------------------------------
 
     @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> Iterable[OptionProblem]:
-        yield from super().check_options(options)
-        yield from aws_session.check_options(cls.type_name, options)
-
-    @classmethod
     def check_reference(cls, ref: Reference) -> str | None:
         doc = ref.doc
-        unknown = {k for k, _ in doc.query} - set(QUERY_KEYS)
+        unknown = cls._unknown_query(doc, QUERY_KEYS)
         if unknown:
-            return (
-                f"unknown query parameter(s) for Parameter Store: {', '.join(sorted(unknown))} "
-                f"(known: {', '.join(QUERY_KEYS)})"
-            )
+            return unknown
         version, label, recursive = doc.param("version"), doc.param("label"), doc.param("recursive")
         if _is_prefix(doc):
             if version is not None or label is not None:
@@ -120,10 +82,6 @@ class ParameterStoreProvider(Provider):
         return None
 
     # --- fetching ---------------------------------------------------------------
-
-    def _what(self, doc: DocKey) -> str:
-        # The resolver prints the reference before the message; name the service only.
-        return "Parameter Store"
 
     def fetch(self, doc: DocKey, ctx: FetchContext) -> Document:
         if _is_prefix(doc):
@@ -179,12 +137,6 @@ class ParameterStoreProvider(Provider):
             out.update(self._batch(chunk, ctx))
         return out
 
-    def _fetch_quietly(self, doc: DocKey, ctx: FetchContext) -> Document | SecretError:
-        try:
-            return self.fetch(doc, ctx)
-        except SecretError as e:
-            return e
-
     def _batch(self, docs: list[DocKey], ctx: FetchContext) -> dict[DocKey, Document | SecretError]:
         try:
             client = self.aws.client(SERVICE, ctx)
@@ -228,12 +180,6 @@ class ParameterStoreProvider(Provider):
         if code == "ValidationException" and message:
             return BadReference(f"{what}: rejected by AWS: {message}")
         return classify(exc, what)
-
-    def credential_env(self) -> set[str]:
-        return self.aws.credential_env()
-
-    def close(self) -> None:
-        self.aws.close()
 
 
 def _chunks(docs: list[DocKey]) -> list[list[DocKey]]:

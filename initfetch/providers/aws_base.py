@@ -1,0 +1,60 @@
+"""What `aws-secretsmanager` and `aws-ssm` share as providers.
+
+One `AwsSession` per instance, the session's options and their offline
+checks, error wording and the credential/close plumbing. Each subclass keeps
+only its own service's API: references, reads, batching and error codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from initfetch.errors import SecretError
+from initfetch.providers import aws_session
+from initfetch.providers.aws_session import AwsSession
+from initfetch.providers.base import Document, FetchContext, OptionProblem, Provider
+from initfetch.reference import DocKey
+
+
+class AwsProvider(Provider):
+    OPTIONS: ClassVar = dict(aws_session.OPTIONS)
+    max_concurrency = 8
+    # The service as named in error messages, e.g. "Secrets Manager".
+    service_label: ClassVar[str] = ""
+
+    def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+        super().__init__(name, options, environ)
+        self.aws = AwsSession(name, self.options, environ)
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> Iterable[OptionProblem]:
+        yield from super().check_options(options)
+        yield from aws_session.check_options(cls.type_name, options)
+
+    @classmethod
+    def _unknown_query(cls, doc: DocKey, known: Sequence[str]) -> str | None:
+        """A problem naming the query parameters this service does not know, or None."""
+        unknown = {k for k, _ in doc.query} - set(known)
+        if not unknown:
+            return None
+        return (
+            f"unknown query parameter(s) for {cls.service_label}: {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(known)})"
+        )
+
+    def _what(self, doc: DocKey) -> str:
+        # The resolver prints the reference before the message; name the service only.
+        return self.service_label
+
+    def _fetch_quietly(self, doc: DocKey, ctx: FetchContext) -> Document | SecretError:
+        try:
+            return self.fetch(doc, ctx)
+        except SecretError as e:
+            return e
+
+    def credential_env(self) -> set[str]:
+        return self.aws.credential_env()
+
+    def close(self) -> None:
+        self.aws.close()
