@@ -44,16 +44,18 @@ def replace(argv: Sequence[str], env: Mapping[str, str]) -> int:
     _flush()
     try:
         os.execvpe(argv[0], list(argv), dict(env))
-    except FileNotFoundError:
-        log.error("command not found: %s", argv[0])
-        return EXIT_NOT_FOUND
-    except PermissionError:
-        log.error("command is not executable: %s", argv[0])
-        return EXIT_CANNOT_EXECUTE
     except OSError as e:
-        log.error("cannot execute %s: %s", argv[0], e.strerror)
-        return EXIT_CANNOT_EXECUTE
+        return _cannot_start(argv[0], e)
     return EXIT_CANNOT_EXECUTE  # pragma: no cover - execvpe does not return
+
+
+def _cannot_start(command: str, e: OSError) -> int:
+    """The shell's convention: 127 when the command is not found, 126 when it cannot run."""
+    if isinstance(e, FileNotFoundError):
+        log.error("command not found: %s", command)
+        return EXIT_NOT_FOUND
+    log.error("cannot execute %s: %s", command, e.strerror or type(e).__name__)
+    return EXIT_CANNOT_EXECUTE
 
 
 def supervise(argv: Sequence[str], env: Mapping[str, str]) -> int:
@@ -75,12 +77,8 @@ def supervise(argv: Sequence[str], env: Mapping[str, str]) -> int:
     try:
         try:
             proc = subprocess.Popen(list(argv), env=dict(env), close_fds=True)
-        except FileNotFoundError:
-            log.error("command not found: %s", argv[0])
-            return EXIT_NOT_FOUND
-        except PermissionError:
-            log.error("command is not executable: %s", argv[0])
-            return EXIT_CANNOT_EXECUTE
+        except OSError as e:
+            return _cannot_start(argv[0], e)
         child_pid = proc.pid
         for sig in pending:
             forward(sig, None)

@@ -443,3 +443,13 @@ def test_json_logs_on_failure_carry_no_values(project: Path) -> None:
     records = [json.loads(line) for line in r.stderr.splitlines()]
     assert any(rec.get("level") == "error" and "missing-key" in rec.get("msg", "") for rec in records)
     assert_no_canary(r.stderr)
+
+
+@pytest.mark.parametrize("mode", [[], ["--supervise"]])
+def test_exec_not_executable_is_126(project: Path, mode: list[str]) -> None:
+    script = write(project / "not-executable.sh", "#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    env = env_for(project, INITFETCH_OUT=str(project / "o"), INITFETCH_ALLOW_DISK="1")
+    r = run_cli(["exec", *mode, "--", str(script)], env=env, cwd=project)
+    assert r.returncode == 126 and "cannot execute" in r.stderr
+    assert run_cli(["exec", *mode, "--", "/no/such/binary"], env=env, cwd=project).returncode == 127
