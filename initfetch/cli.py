@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from initfetch import __version__, execute, preview, writer
-from initfetch.errors import BadInput, InitfetchError, Problem
+from initfetch.errors import BadInput, InitfetchError
 from initfetch.logs import setup as setup_logging
-from initfetch.manifest import Manifest, default_manifest_path, env_var_names, load_manifest, missing_sdks
+from initfetch.manifest import Manifest, default_manifest_path, load_manifest, missing_sdks
 from initfetch.redact import Redactor
-from initfetch.render import Rendered, as_text, check_templates, render
+from initfetch.render import Rendered, check_templates, render
 from initfetch.resolver import Resolution, Resolved, Resolver
 
 log = logging.getLogger("initfetch")
@@ -63,13 +63,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     fetching.add_argument(
         "--timeout",
         type=float,
-        default=float(env.get("INITFETCH_TIMEOUT", "60")),
+        default=env.get("INITFETCH_TIMEOUT", "60"),  # a string default goes through type=
         help="overall deadline in seconds for resolving, retries included [$INITFETCH_TIMEOUT, 60]",
     )
     fetching.add_argument(
         "--concurrency",
         type=int,
-        default=int(env.get("INITFETCH_CONCURRENCY", "16")),
+        default=env.get("INITFETCH_CONCURRENCY", "16"),
         help="maximum concurrent backend calls [$INITFETCH_CONCURRENCY, 16]",
     )
 
@@ -143,10 +143,27 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(Exception):
+    """SIGTERM arrived while resolving or writing (as PID 1 nothing else would stop us)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     env = dict(os.environ if environ is None else environ)
-    args = build_parser(env).parse_args(argv)
-    redactor = Redactor(min_len=1 if args.command == "preview" and not args.reveal else 3)
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    for name, choices in (
+        ("log_format", ("text", "json")),
+        ("log_level", ("debug", "info", "warning", "error")),
+    ):
+        if getattr(args, name) not in choices:  # argparse does not check defaults taken from INITFETCH_*
+            parser.error(f"INITFETCH_{name.upper()} must be one of {', '.join(choices)}")
+    # PID 1 ignores SIGTERM unless it handles it: `docker stop` must not wait out the grace period.
+    signal.signal(signal.SIGTERM, _terminate)
+    redactor = Redactor()
     try:
         setup_logging(redactor, fmt=args.log_format, level=args.log_level, audit_file=args.audit_file)
     except OSError as e:
@@ -160,7 +177,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         log.error("%s (exit %d)", e.headline, e.exit_code)
         return e.exit_code
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT
+    except Terminated:
+        log.error("terminated by SIGTERM before finishing; nothing more is written")
+        return 128 + signal.SIGTERM
     except Exception as e:  # a bug: say so in one line; a traceback could quote a value
         log.error("internal error: %s: %s (please report this)", type(e).__name__, e)
         return 1
@@ -197,20 +217,7 @@ def _resolve(
 
 def _render(manifest: Manifest, resolution: Resolution, redactor: Redactor) -> Rendered:
     meta = {name: r.meta() for name, r in resolution.info.items()}
-    rendered = render(manifest, resolution.values, meta, redactor)
-    for spread in manifest.env_from:
-        value = resolution.values.get(spread.secret)
-        if value is None:
-            continue
-        if not isinstance(value, dict):
-            raise BadInput(Problem(spread.loc, f"env_from: secret '{spread.secret}' is not a map of keys"))
-        try:
-            names = env_var_names(value, spread.prefix)
-        except ValueError as e:
-            raise BadInput(Problem(spread.loc, f"env_from '{spread.secret}': {e}")) from None
-        for key, name in names.items():
-            rendered.env.setdefault(name, as_text(value[key]))
-    return rendered
+    return render(manifest, resolution.values, meta, redactor)
 
 
 def _write(manifest: Manifest, resolution: Resolution, rendered: Rendered, args: argparse.Namespace) -> None:
@@ -229,7 +236,7 @@ def _write(manifest: Manifest, resolution: Resolution, rendered: Rendered, args:
 
 def cmd_render(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
     manifest = _load(args, env)
-    writer.check_target(Path(args.out), args.allow_disk)  # fail before touching any backend
+    writer.check_target(Path(args.out), args.allow_disk, manifest.outputs)  # fail before any backend is asked
     resolution = _resolve(manifest, args, env, redactor)
     rendered = _render(manifest, resolution, redactor)
     _write(manifest, resolution, rendered, args)
@@ -263,7 +270,7 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
     else:
         manifest = _load(args, env)
     if manifest.outputs:
-        writer.check_target(Path(args.out), args.allow_disk)
+        writer.check_target(Path(args.out), args.allow_disk, manifest.outputs)
     resolution = _resolve(manifest, args, env, redactor)
     rendered = _render(manifest, resolution, redactor)
     if manifest.outputs:
@@ -285,12 +292,14 @@ def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Reda
             n: Resolved(n, s.ref_text, s.ref_text.partition(":")[0], "offline").meta()
             for n, s in manifest.secrets.items()
         }
-        rendered = render(manifest, values, meta, None)
-        preview.show(sys.stdout, manifest, rendered, None, None)
+        preview.show(sys.stdout, manifest, render(manifest, values, meta, None), None, None)
         return 0
     resolution = _resolve(manifest, args, env, redactor)
-    rendered = _render(manifest, resolution, redactor)
-    preview.show(sys.stdout, manifest, rendered, resolution.info, None if args.reveal else redactor)
+    rendered = _render(manifest, resolution, redactor)  # the real render must succeed too
+    if not args.reveal:
+        meta = {name: r.meta() for name, r in resolution.info.items()}
+        rendered = preview.masked(manifest, resolution.values, meta, rendered)
+    preview.show(sys.stdout, manifest, rendered, resolution.info, redactor)
     return 0
 
 

@@ -137,7 +137,7 @@ def load_manifest(
         chk.add(Loc(file, 1), "the manifest must be a mapping with at least 'version: 1' and 'secrets:'")
         raise BadInput(chk.problems)
     chk.keys(data, TOP_KEYS, "the manifest")
-    if data.get("version") != 1:
+    if type(data.get("version")) is not int or data.get("version") != 1:  # `true == 1` in Python
         chk.add(data.at("version"), "'version: 1' is required")
     _load_providers(chk, data, manifest, base_dir, environ, lenient_vars)
     _load_secrets(chk, data, manifest, environ, lenient_vars)
@@ -192,7 +192,7 @@ def _load_providers(
             chk.add(where, f"provider '{name}' needs at least 'type'")
             continue
         type_name = conf.get("type")
-        if type_name not in providers.TYPES:
+        if not isinstance(type_name, str) or type_name not in providers.TYPES:
             known = ", ".join(sorted(providers.TYPES))
             chk.add(conf.at("type"), f"provider '{name}': unknown type {type_name!r} (known: {known})")
             continue
@@ -311,6 +311,16 @@ def _load_outputs(chk: _Checker, data: LDict, manifest: Manifest, base_dir: Path
                 chk.add(
                     entry.at("dest"),
                     f"dest '{out.dest}' is written twice (also at line {seen[out.dest].line})",
+                )
+                continue
+            clash = next(
+                (d for d in seen if d.startswith(out.dest + "/") or out.dest.startswith(d + "/")), None
+            )
+            if clash is not None:
+                chk.add(
+                    entry.at("dest"),
+                    f"dest '{out.dest}' and '{clash}' (line {seen[clash].line}) need the same path "
+                    "as a file and as a directory",
                 )
                 continue
             seen[out.dest] = entry.at("dest")

@@ -1,20 +1,29 @@
 """`preview`: what a render would write and export, values masked.
 
-Masking is done on the real render by the redactor, which also knows the
-derived forms that filters produced (base64, quoting). For preview the
-redactor masks values of any length, so even a one-character secret is hidden.
-`--offline` renders with placeholders instead and contacts nothing.
+Masking never works by finding values in the real output: a template can
+transform a value in ways no lookup recognises (`upper`, `urlencode`,
+slicing). Instead the templates are rendered a second time with *shadow*
+values: the same shapes (maps, lists, JSON documents stay JSON) with every
+leaf replaced by a `<secret:name/key>` placeholder. That render contains no
+value at all, and shows where each secret lands and how it is transformed.
+An output whose template needs the real content (`b64decode` of a secret,
+say) cannot render with placeholders; it is shown with every line that
+is not literal template text masked.
+`--offline` renders with placeholders of unknown shape and contacts nothing.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, TextIO
 
 from initfetch.manifest import Manifest
 from initfetch.redact import FIELD_MIN_LEN, Redactor, mask
-from initfetch.render import Rendered
+from initfetch.render import Rendered, render_each
 from initfetch.resolver import Resolved
+
+MASKED_LINE = "<line masked: computed from secrets; use --reveal to see it>"
 
 
 class Placeholder(str):
@@ -38,6 +47,51 @@ def placeholders(manifest: Manifest) -> dict[str, str]:
     return {name: Placeholder(name) for name in manifest.secrets}
 
 
+def shadow(value: Any, label: str) -> Any:
+    """The same shape as `value`, with every leaf replaced by a placeholder."""
+    if isinstance(value, dict):
+        return {k: shadow(v, f"{label}/{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [shadow(v, f"{label}/{i}") for i, v in enumerate(value)]
+    if isinstance(value, bytes):
+        return mask(label).encode()
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return mask(label)
+        return json.dumps(shadow(parsed, label))  # JSON stays JSON, so `fromjson` still works
+    return mask(label)
+
+
+def masked(
+    manifest: Manifest,
+    values: Mapping[str, Any],
+    meta: Mapping[str, Mapping[str, Any]],
+    real: Rendered,
+) -> Rendered:
+    """What to show for a masked preview of `real`: the shadow render, or masked lines."""
+    shadows = {name: shadow(value, name) for name, value in values.items()}
+    attempt = render_each(manifest, shadows, meta, None)
+    files = dict(attempt.rendered.files)
+    sources = {o.dest: o.src for o in manifest.outputs if o.src is not None}
+    for dest in attempt.failed & set(real.files):
+        source = sources[dest].read_text(errors="replace") if sources.get(dest) else ""
+        files[dest] = _mask_lines(real.files[dest], source)
+    env = {name: attempt.rendered.env.get(name, MASKED_LINE) for name in real.env}
+    return Rendered({dest: files[dest] for dest in real.files}, env)
+
+
+def _mask_lines(data: bytes, source: str) -> bytes:
+    """Keep only lines that are written literally in the template; mask the rest."""
+    literal = {line.strip() for line in source.splitlines()}
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        return MASKED_LINE.encode()
+    return "\n".join(line if line.strip() in literal else MASKED_LINE for line in lines).encode() + b"\n"
+
+
 def show(
     out: TextIO,
     manifest: Manifest,
@@ -45,11 +99,11 @@ def show(
     info: Mapping[str, Resolved] | None,
     redactor: Redactor | None,
 ) -> None:
-    """Print files, env and where each reference resolved from. `redactor=None` reveals."""
+    """Print files, env and where each reference resolved from.
 
-    def safe(text: str) -> str:
-        return redactor.scrub(text) if redactor is not None else text
-
+    `rendered` is printed as given (the caller masks it); `redactor` scrubs the
+    reference table, which holds names, references and versions only.
+    """
     modes = {o.dest: o.mode for o in manifest.outputs}
     for dest, data in rendered.files.items():
         out.write(f"--- file {dest} (mode {modes[dest]:04o}, {len(data)} bytes)\n")
@@ -58,13 +112,11 @@ def show(
         except UnicodeDecodeError:
             out.write("(binary content not shown)\n")
             continue
-        out.write(safe(text))
-        if not text.endswith("\n"):
-            out.write("\n")
+        out.write(text if text.endswith("\n") else text + "\n")
     if rendered.env:
         out.write("--- env\n")
         for name, value in rendered.env.items():
-            out.write(f"{name}={safe(value)}\n")
+            out.write(f"{name}={value}\n")
     out.write("--- references\n")
     rows: list[list[Any]] = [["SECRET", "REFERENCE", "PROVIDER", "VERSION", "LEASE", "OUTCOME"]]
     for name, spec in manifest.secrets.items():

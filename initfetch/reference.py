@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]*$")
-_VAR_RE = re.compile(r"\$(\$|\{([^}]*)\})")
+_VAR_RE = re.compile(r"\$(\$|\{([^}]*)\}|\{)")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -72,6 +72,8 @@ def expand_vars(text: str, environ: Mapping[str, str], *, lenient: bool = False)
     def sub(m: re.Match[str]) -> str:
         if m.group(1) == "$":
             return "$"
+        if m.group(1) == "{":
+            raise RefSyntaxError("'${' without a closing '}'")
         body = m.group(2)
         name, sep, default = body.partition(":-")
         if not _NAME_RE.match(name):

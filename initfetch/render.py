@@ -10,7 +10,9 @@ lease; never a value).
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from initfetch.errors import BadInput, Loc, Problem
-from initfetch.manifest import Manifest
+from initfetch.manifest import EnvFrom, Manifest, env_var_names
 from initfetch.redact import Redactor
 
 
@@ -95,7 +97,9 @@ def _text(value: Any) -> str:
         return value.decode("utf-8")
     if isinstance(value, str):
         return value
-    return to_json(value) if isinstance(value, dict | list) else str(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return to_json(value)  # dicts, lists, true/false/null as JSON, never a Python repr
 
 
 def to_json(value: Any, indent: int | None = None) -> str:
@@ -147,27 +151,51 @@ def _template_line(tb: TracebackType | None, name: str) -> int:
     return line
 
 
-def _error(e: Exception, file: str, name: str) -> Problem:
+_QUOTED = re.compile(r"'([^']*)'")
+# Exceptions whose messages describe a position or a format, never the content.
+_SAFE_MESSAGES = (json.JSONDecodeError, binascii.Error)
+
+
+def _error(e: Exception, file: str, name: str, source: str) -> Problem:
+    """One line for a template failure. A runtime message may quote a computed
+    value (a missing key named by a secret, a format string), so it is shown only
+    when everything it quotes is written in the template itself."""
     if isinstance(e, jinja2.TemplateSyntaxError):
         return Problem(Loc(file, e.lineno or 0), f"template syntax error: {e.message}")
+    where = Loc(file, _template_line(e.__traceback__, name))
+    message = str(getattr(e, "message", None) or e)
+    quoted = [q for q in _QUOTED.findall(message) if not q.endswith(" object")]
+    from_source = all(q in source for q in quoted)
     if isinstance(e, jinja2.UndefinedError):
-        return Problem(Loc(file, _template_line(e.__traceback__, name)), f"undefined: {e.message}")
+        detail = message if from_source else "a name or key computed at render time does not exist"
+        return Problem(where, f"undefined: {detail}")
     if isinstance(e, jinja2.sandbox.SecurityError):
-        return Problem(Loc(file, _template_line(e.__traceback__, name)), f"not allowed in a template: {e}")
-    line = _template_line(e.__traceback__, name)
-    return Problem(Loc(file, line), f"template error: {type(e).__name__}: {e}")
+        return Problem(where, f"not allowed in a template: {message if from_source else type(e).__name__}")
+    if isinstance(e, _SAFE_MESSAGES):
+        return Problem(where, f"template error: {type(e).__name__}: {message}")
+    return Problem(where, f"template error: {type(e).__name__} (message not shown: it may quote a value)")
 
 
-def render(
+@dataclass
+class Attempt:
+    """Every output rendered that could be, and the problems of those that could not."""
+
+    rendered: Rendered
+    problems: list[Problem]
+    failed: set[str]  # dests and env names that did not render
+
+
+def render_each(
     manifest: Manifest,
     values: Mapping[str, Any],
     meta: Mapping[str, Mapping[str, Any]],
     redactor: Redactor | None,
-) -> Rendered:
-    """Render every output and env value in memory; raise BadInput listing every failure."""
+) -> Attempt:
+    """Render every output, env value and env_from spread in memory, each on its own."""
     env = environment(manifest.base_dir, redactor)
     context = {"secrets": dict(values), "meta": dict(meta)}
     problems: list[Problem] = []
+    failed: set[str] = set()
     files: dict[str, bytes] = {}
     for out in manifest.outputs:
         if out.secret is not None:
@@ -176,24 +204,64 @@ def render(
             continue  # an optional secret that is absent writes no file
         assert out.src is not None and out.template_name is not None
         try:
-            text = env.get_template(out.template_name).render(context)
-            files[out.dest] = text.encode("utf-8")
+            files[out.dest] = env.get_template(out.template_name).render(context).encode("utf-8")
         except Exception as e:
-            problems.append(_error(e, str(out.src), out.template_name))
+            failed.add(out.dest)
+            problems.append(_error(e, str(out.src), out.template_name, out.src.read_text(errors="replace")))
     rendered_env: dict[str, str] = {}
     for name, (source, where) in manifest.env.items():
         try:
             value = env.from_string(source).render(context)
         except Exception as e:
-            p = _error(e, str(manifest.path), "<template>")
-            problems.append(Problem(where, f"env {name}: {p.message}"))
+            failed.add(name)
+            problems.append(Problem(where, f"env {name}: {_error(e, '', '<template>', source).message}"))
             continue
         if "\0" in value:
+            failed.add(name)
             problems.append(Problem(where, f"env {name}: the value contains a NUL byte"))
         rendered_env[name] = value
-    if problems:
-        raise BadInput(problems, headline="templates failed to render")
-    return Rendered(files, rendered_env)
+    for spread in manifest.env_from:
+        problem = _spread(spread, values.get(spread.secret), rendered_env)
+        if problem:
+            failed.add(spread.secret)
+            problems.append(problem)
+    return Attempt(Rendered(files, rendered_env), problems, failed)
+
+
+def _spread(spread: EnvFrom, value: Any, out: dict[str, str]) -> Problem | None:
+    """env_from: a map-valued secret becomes PREFIX_KEY variables; `env:` entries win."""
+    if value is None:
+        return None  # an optional secret that is absent
+    if not isinstance(value, dict):
+        return Problem(spread.loc, f"env_from: secret '{spread.secret}' is not a map of keys")
+    try:
+        names = env_var_names(value, spread.prefix)
+    except ValueError as e:
+        return Problem(spread.loc, f"env_from '{spread.secret}': {e}")
+    for key, name in names.items():
+        try:
+            text = as_text(value[key])
+        except UnicodeDecodeError:
+            return Problem(spread.loc, f"env_from '{spread.secret}': the value of key '{key}' is binary")
+        if "\0" in text:
+            return Problem(
+                spread.loc, f"env_from '{spread.secret}': the value of key '{key}' contains a NUL byte"
+            )
+        out.setdefault(name, text)
+    return None
+
+
+def render(
+    manifest: Manifest,
+    values: Mapping[str, Any],
+    meta: Mapping[str, Mapping[str, Any]],
+    redactor: Redactor | None,
+) -> Rendered:
+    """Render everything in memory; raise BadInput listing every failure."""
+    attempt = render_each(manifest, values, meta, redactor)
+    if attempt.problems:
+        raise BadInput(attempt.problems, headline="templates failed to render")
+    return attempt.rendered
 
 
 def as_bytes(value: Any) -> bytes:

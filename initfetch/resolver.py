@@ -25,7 +25,6 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
-    stop_before_delay,
     wait_random_exponential,
 )
 
@@ -39,7 +38,9 @@ from initfetch.reference import DocKey
 
 log = logging.getLogger("initfetch.resolver")
 
-OPTIONAL_KINDS = {"not-found", "missing-key"}  # what `optional`/`default` may stand in for
+OPTIONAL_KINDS = {"not-found", "missing-key"}
+# Seconds kept for the final attempt: the last backoff sleep ends this long before the deadline.
+LAST_ATTEMPT = 0.5  # what `optional`/`default` may stand in for
 
 
 @dataclass
@@ -183,10 +184,16 @@ class Resolver:
             if pending:
                 raise _StillTransient
 
+        backoff = wait_random_exponential(multiplier=0.1, max=4)
+
+        def wait(state: RetryCallState) -> float:
+            # Never sleep past the point where one last attempt still fits before the deadline.
+            return max(0.0, min(backoff(state), ctx.remaining() - LAST_ATTEMPT))
+
         retrying = Retrying(
             retry=retry_if_exception_type(_StillTransient),
-            wait=wait_random_exponential(multiplier=0.1, max=4),
-            stop=stop_before_delay(max(0.0, ctx.remaining())),
+            wait=wait,
+            stop=lambda state: ctx.remaining() < LAST_ATTEMPT,
             before_sleep=lambda state: _log_retry(unit, pending, state),
             reraise=True,
         )

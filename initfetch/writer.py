@@ -1,12 +1,14 @@
 """The writer: puts rendered bytes into OUT_DIR safely, or not at all.
 
 - Refuses a directory that is not memory backed (tmpfs/ramfs) unless allowed.
-- The completion marker is removed first and written last, so `healthcheck`
-  never sees a mix of old and new files as complete.
-- Each file is written to a temp file in its own directory, fsynced, given its
-  mode/owner, then renamed over the target: readers see the old or the new
-  file, never half of one. Every path step is opened relative to a directory
-  descriptor with O_NOFOLLOW, so a planted symlink cannot redirect a write.
+- Every file is first staged complete (written, owned, moded, fsynced) as a
+  temp file beside its target; only then are they all renamed into place, so
+  a failure while staging replaces nothing, and a reader sees the old or the
+  new file, never half of one.
+- The completion marker is removed before the first rename and written last,
+  so `healthcheck` never reports a mix of old and new files as complete.
+- Every path step is opened relative to a directory descriptor with
+  O_NOFOLLOW, so a planted symlink cannot redirect a write.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import os
 import pwd
 import secrets as _random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +61,8 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_target(out_dir: Path, allow_disk: bool) -> None:
+def check_target(out_dir: Path, allow_disk: bool, outputs: Sequence[Output] = ()) -> None:
+    """Everything about the target that can be known before any backend is asked."""
     fstype = filesystem_type(_nearest_existing(out_dir))
     if fstype not in MEMORY_FILESYSTEMS and not allow_disk:
         raise WriteFailed(
@@ -68,6 +72,14 @@ def check_target(out_dir: Path, allow_disk: bool) -> None:
                 "(mount a tmpfs there, or pass --allow-disk / INITFETCH_ALLOW_DISK=1 to write anyway)",
             )
         )
+    problems: list[Problem] = []
+    for out in outputs:
+        try:
+            _owner_ids(out)
+        except WriteFailed as e:
+            problems.extend(e.problems)
+    if problems:
+        raise WriteFailed(problems)
 
 
 def _owner_ids(out: Output) -> tuple[int, int]:
@@ -84,6 +96,15 @@ def _owner_ids(out: Output) -> tuple[int, int]:
     return lookup(out.owner, pwd.getpwnam, "user"), lookup(out.group, grp.getgrnam, "group")
 
 
+@dataclass
+class _Staged:
+    """A complete temp file next to its target, waiting for its rename."""
+
+    dir_fd: int
+    tmp: str
+    name: str
+
+
 def write_all(
     out_dir: Path,
     files: Mapping[str, bytes],
@@ -92,34 +113,64 @@ def write_all(
     *,
     allow_disk: bool,
 ) -> None:
-    """Write every rendered file atomically, then the marker. Raises WriteFailed."""
-    check_target(out_dir, allow_disk)
+    """Write every rendered file, then the marker. Raises WriteFailed.
+
+    Two phases: every file is first staged complete (written, owned, moded,
+    fsynced) as a temp file beside its target; only when all are staged are they
+    renamed into place. A failure while staging (disk full, a symlinked
+    directory, a permission) removes the temp files and replaces nothing.
+    """
+    check_target(out_dir, allow_disk, outputs)
     by_dest = {o.dest: o for o in outputs}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         root = os.open(out_dir, _DIR_FLAGS)
     except OSError as e:
-        raise WriteFailed(Problem(str(out_dir), f"cannot open the output directory: {e.strerror}")) from None
+        reason = e.strerror or type(e).__name__
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            reason = "it is a symlink or not a directory (a symlinked output directory is never followed)"
+        raise WriteFailed(Problem(str(out_dir), f"cannot open the output directory: {reason}")) from None
+    staged: list[_Staged] = []
     try:
-        _unlink(root, MARKER_NAME)
         for dest, data in files.items():
             out = by_dest[dest]
             uid, gid = _owner_ids(out)
             try:
-                _write_one(root, dest, data, out.mode, uid, gid)
+                staged.append(_stage(root, dest, data, out.mode, uid, gid))
             except OSError as e:
-                reason = e.strerror or type(e).__name__
-                if e.errno == errno.ELOOP:
-                    reason = "a path component is a symlink, which is never followed"
-                raise WriteFailed(Problem(str(out_dir / dest), f"cannot write: {reason}")) from None
-        body = json.dumps(marker, indent=2, sort_keys=True).encode() + b"\n"
+                raise WriteFailed(Problem(str(out_dir / dest), f"cannot write: {_reason(e)}")) from None
+        _unlink(root, MARKER_NAME)  # from here on, healthcheck says "not ready" until the marker is back
         try:
-            _write_one(root, MARKER_NAME, body, 0o444, -1, -1)
+            for item in staged:
+                os.rename(item.tmp, item.name, src_dir_fd=item.dir_fd, dst_dir_fd=item.dir_fd)
+                os.fsync(item.dir_fd)
+                item.tmp = ""
+            body = json.dumps(marker, indent=2, sort_keys=True).encode() + b"\n"
+            marker_file = _stage(root, MARKER_NAME, body, 0o444, -1, -1)
+            staged.append(marker_file)
+            os.rename(marker_file.tmp, MARKER_NAME, src_dir_fd=root, dst_dir_fd=root)
+            marker_file.tmp = ""
             os.fsync(root)
         except OSError as e:
-            raise WriteFailed(Problem(str(out_dir / MARKER_NAME), f"cannot write: {e.strerror}")) from None
+            raise WriteFailed(
+                Problem(str(out_dir), f"cannot put the rendered files in place: {_reason(e)}")
+            ) from None
     finally:
+        for item in staged:
+            if item.tmp:
+                try:
+                    os.unlink(item.tmp, dir_fd=item.dir_fd)
+                except OSError:
+                    pass
+            if item.dir_fd != root:
+                os.close(item.dir_fd)
         os.close(root)
+
+
+def _reason(e: OSError) -> str:
+    if e.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW|O_DIRECTORY on a link gives either
+        return "a path component is a symlink (never followed) or not a directory"
+    return e.strerror or type(e).__name__
 
 
 def _unlink(dir_fd: int, name: str) -> None:
@@ -131,17 +182,19 @@ def _unlink(dir_fd: int, name: str) -> None:
         raise WriteFailed(Problem(name, f"cannot remove the old completion marker: {e.strerror}")) from None
 
 
-def _write_one(root: int, dest: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+def _stage(root: int, dest: str, data: bytes, mode: int, uid: int, gid: int) -> _Staged:
+    """Create `dest`'s directories (never through a link) and a complete temp file beside it."""
     *dirs, name = dest.split("/")
-    fd = os.dup(root)
+    fd = root
     try:
-        for part in dirs:  # walk (and create) subdirectories without following links
+        for part in dirs:
             try:
                 os.mkdir(part, 0o755, dir_fd=fd)
             except FileExistsError:
                 pass
             nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
+            if fd != root:
+                os.close(fd)
             fd = nxt
         tmp = f".{name}.initfetch-{_random.token_hex(6)}"
         tfd = os.open(
@@ -156,18 +209,15 @@ def _write_one(root: int, dest: str, data: bytes, mode: int, uid: int, gid: int)
             os.fchmod(tfd, mode)  # after chown: chown may clear mode bits
             os.fsync(tfd)
         except BaseException:
+            os.unlink(tmp, dir_fd=fd)
+            raise
+        finally:
             os.close(tfd)
-            os.unlink(tmp, dir_fd=fd)
-            raise
-        os.close(tfd)
-        try:
-            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)  # replaces a link, never follows it
-        except BaseException:
-            os.unlink(tmp, dir_fd=fd)
-            raise
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    except BaseException:
+        if fd != root:
+            os.close(fd)
+        raise
+    return _Staged(fd, tmp, name)
 
 
 def marker_body(resolved: Mapping[str, Any], files: list[str], env: list[str]) -> dict[str, Any]:

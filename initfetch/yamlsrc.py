@@ -58,12 +58,19 @@ def load(text: str, file: str) -> tuple[Any, list[Problem]]:
     return _convert(node, file, problems), problems
 
 
-def _convert(node: yaml.Node, file: str, problems: list[Problem]) -> Any:
+def _convert(
+    node: yaml.Node, file: str, problems: list[Problem], active: frozenset[int] = frozenset()
+) -> Any:
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+        if id(node) in active:  # an alias to a node that contains it
+            problems.append(Problem(_loc(file, node), "recursive YAML alias"))
+            return None
+        active = active | {id(node)}
     if isinstance(node, yaml.MappingNode):
         out = LDict()
         out.loc, out.key_locs = _loc(file, node), {}
         for key_node, value_node in node.value:
-            key = _convert(key_node, file, problems)
+            key = _convert(key_node, file, problems, active)
             where = _loc(file, key_node)
             if key_node.tag == "tag:yaml.org,2002:merge":
                 problems.append(Problem(where, "YAML merge keys (<<) are not supported"))
@@ -76,14 +83,14 @@ def _convert(node: yaml.Node, file: str, problems: list[Problem]) -> Any:
                     Problem(where, f"duplicate key '{key}' (first at line {out.key_locs[key].line})")
                 )
                 continue
-            out[key] = _convert(value_node, file, problems)
+            out[key] = _convert(value_node, file, problems, active)
             out.key_locs[key] = where
         return out
     if isinstance(node, yaml.SequenceNode):
         seq = LList()
         seq.loc, seq.item_locs = _loc(file, node), []
         for item in node.value:
-            seq.append(_convert(item, file, problems))
+            seq.append(_convert(item, file, problems, active))
             seq.item_locs.append(_loc(file, item))
         return seq
     loader = _Loader("")

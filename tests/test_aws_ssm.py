@@ -11,12 +11,19 @@ from typing import Any
 
 import pytest
 
-from initfetch.errors import BadVersion, NotFound, SecretError
+from initfetch.errors import AccessDenied, BadVersion, NotFound, SecretError
 from initfetch.manifest import env_var_names
 from initfetch.providers.aws_ssm import ParameterStoreProvider
 from initfetch.providers.base import Document, FetchContext
 from initfetch.reference import DocKey, parse
-from tests.backends.moto_server import aws_client, aws_env_fixture, moto_url_fixture  # noqa: F401
+from tests.backends.moto_server import (  # noqa: F401
+    ACCOUNT,
+    REGION,
+    aws_client,
+    aws_env_fixture,
+    moto_url_fixture,
+    set_auth_enforced,
+)
 
 CANARY = "CANARY-ssm-51c0de"
 
@@ -165,6 +172,86 @@ def test_batch_pinned_errors_are_per_item(ssm: Any) -> None:
     assert out[DocKey(name)].value == CANARY  # type: ignore[union-attr]
     assert isinstance(out[bad_version], BadVersion) and isinstance(out[bad_label], BadVersion)
     assert all(CANARY not in str(v) for v in out.values() if isinstance(v, SecretError))
+
+
+def _judge_ssm_reads_per_parameter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make moto's server judge GetParameter(s) against each parameter's ARN, as AWS does.
+
+    moto checks SSM actions against Resource "*" only, so a policy scoped by
+    path would deny everything. The server runs in this process: its SSM
+    request handler checks the policy once per name in the request instead,
+    so GetParameters is refused when any one name is outside the policy.
+    """
+    from moto.ssm.responses import SimpleSystemManagerResponse
+
+    authorize = SimpleSystemManagerResponse._authenticate_and_authorize_normal_action
+
+    def per_parameter(self: Any, resource: str = "*") -> None:
+        action = self._get_action()
+        names = {"GetParameter": [self._get_param("Name")], "GetParameters": self._get_param("Names")}
+        if action not in names:
+            return authorize(self, resource)
+        for name in names[action]:
+            path = name.split(":")[0].lstrip("/")  # without a :version or :label selector
+            authorize(self, f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{path}")
+        return None
+
+    monkeypatch.setattr(
+        SimpleSystemManagerResponse, "_authenticate_and_authorize_normal_action", per_parameter
+    )
+
+
+def _iam_user_keys(moto_url: str, statement: dict[str, Any]) -> dict[str, str]:
+    iam = aws_client(moto_url, "iam")
+    user = uuid.uuid4().hex[:10]
+    iam.create_user(UserName=user)
+    policy = {"Version": "2012-10-17", "Statement": [statement]}
+    iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+
+def test_batch_denied_by_a_path_scoped_policy_gives_per_parameter_verdicts(
+    ssm: Any, moto_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    allowed, other = f"/allowed-{tag}/", f"/other-{tag}/"
+    ssm.put_parameter(Name=allowed + "db_user", Value="app", Type="String")
+    ssm.put_parameter(Name=allowed + "db_password", Value="value-allowed", Type="SecureString")
+    ssm.put_parameter(Name=other + "api_key", Value=CANARY, Type="SecureString")
+    keys = _iam_user_keys(
+        moto_url,
+        {
+            "Effect": "Allow",
+            "Action": ["ssm:GetParameter", "ssm:GetParameters"],
+            "Resource": f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{allowed}*",
+        },
+    )
+    user, password, denied = (
+        DocKey(allowed + "db_user"),
+        DocKey(allowed + "db_password"),
+        DocKey(other + "api_key"),
+    )
+    _judge_ssm_reads_per_parameter(monkeypatch)
+    set_auth_enforced(moto_url, True)
+    try:
+        for k, v in keys.items():
+            monkeypatch.setenv(k, v)
+        p = provider()
+        calls = count_calls(p)
+        out = p.fetch_many([user, password, denied], ctx())
+        # The batch is refused as a whole; each parameter is then asked alone.
+        assert calls == {"GetParameters": 1, "GetParameter": 3}
+        assert out[user].value == "app"  # type: ignore[union-attr]
+        assert out[password].value == "value-allowed"  # type: ignore[union-attr]
+        assert isinstance(out[denied], AccessDenied) and "access denied" in str(out[denied])
+        assert CANARY not in str(out[denied])
+        # Not remembered: a batch the policy allows is still one call.
+        out = p.fetch_many([user, password], ctx())
+        assert calls == {"GetParameters": 2, "GetParameter": 3}
+        assert out[password].value == "value-allowed"  # type: ignore[union-attr]
+    finally:
+        set_auth_enforced(moto_url, False)
 
 
 def test_check_reference() -> None:

@@ -453,3 +453,119 @@ def test_exec_not_executable_is_126(project: Path, mode: list[str]) -> None:
     r = run_cli(["exec", *mode, "--", str(script)], env=env, cwd=project)
     assert r.returncode == 126 and "cannot execute" in r.stderr
     assert run_cli(["exec", *mode, "--", "/no/such/binary"], env=env, cwd=project).returncode == 127
+
+
+def test_staging_failure_replaces_nothing(tmp_path: Path) -> None:
+    write(
+        tmp_path / "initfetch.yaml",
+        "version: 1\nsecrets:\n  s: env://S\nfiles:\n"
+        "  - {secret: s, dest: a}\n  - {secret: s, dest: sub/b}\n",
+    )
+    out = tmp_path / "o"
+    assert (
+        run_cli(["render", "-o", str(out), "--allow-disk"], env=clean_env(S="old"), cwd=tmp_path).returncode
+        == 0
+    )
+    (out / "sub/b").unlink()
+    (out / "sub").rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", out / "sub")
+    r = run_cli(["render", "-o", str(out), "--allow-disk"], env=clean_env(S="new"), cwd=tmp_path)
+    assert r.returncode == 5 and "symlink" in r.stderr
+    assert (out / "a").read_text() == "old"  # staged first, but never renamed into place
+    assert (out / ".initfetch-ready.json").exists()  # the previous complete render still stands
+    assert sorted(p.name for p in out.iterdir()) == [".initfetch-ready.json", "a", "sub"]
+
+
+def test_unknown_owner_fails_before_any_backend(tmp_path: Path) -> None:
+    write(
+        tmp_path / "initfetch.yaml",
+        "version: 1\nsecrets:\n  s: vault://secret/app#k\nfiles:\n"
+        "  - {secret: s, dest: a, owner: no-such-user-x}\n",
+    )
+    # VAULT_ADDR points at a closed port: had initfetch asked Vault, it would wait for the deadline.
+    env = clean_env(VAULT_ADDR="http://127.0.0.1:9", VAULT_TOKEN="t", INITFETCH_TIMEOUT="30")
+    r = run_cli(["render", "-o", str(tmp_path / "o"), "--allow-disk"], env=env, cwd=tmp_path, timeout=20)
+    assert r.returncode == 5 and "unknown user 'no-such-user-x'" in r.stderr
+    assert "audit" not in r.stderr
+
+
+def test_sigterm_while_resolving_exits_143(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write(tmp_path / "initfetch.yaml", "version: 1\nsecrets:\n  s: vault://secret/app#k\n")
+    env = clean_env(VAULT_ADDR="http://127.0.0.1:9", VAULT_TOKEN="t")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "initfetch",
+            "render",
+            "-o",
+            str(tmp_path / "o"),
+            "--allow-disk",
+            "--timeout",
+            "60",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "terminated by SIGTERM" in stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("INITFETCH_TIMEOUT", "abc", "invalid float value"),
+        ("INITFETCH_CONCURRENCY", "x", "invalid int value"),
+        ("INITFETCH_LOG_FORMAT", "xml", "INITFETCH_LOG_FORMAT must be one of"),
+        ("INITFETCH_LOG_LEVEL", "verbose", "INITFETCH_LOG_LEVEL must be one of"),
+    ],
+)
+def test_bad_env_twins_are_usage_errors(tmp_path: Path, name: str, value: str, message: str) -> None:
+    r = run_cli(["render", "-o", str(tmp_path)], env=clean_env(**{name: value}), cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_retries_continue_until_the_deadline(tmp_path: Path) -> None:
+    import time
+
+    write(tmp_path / "initfetch.yaml", "version: 1\nsecrets:\n  s: vault://secret/app#k\n")
+    env = clean_env(VAULT_ADDR="http://127.0.0.1:9", VAULT_TOKEN="t")
+    start = time.monotonic()
+    r = run_cli(
+        ["render", "-o", str(tmp_path / "o"), "--allow-disk", "--timeout", "4"], env=env, cwd=tmp_path
+    )
+    elapsed = time.monotonic() - start
+    assert r.returncode == 4
+    assert elapsed > 3.5, f"gave up {4 - elapsed:.1f}s before the deadline"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: &a [*a]\n", "1:4: recursive YAML alias"),
+        ("version: 1\nsecrets: &s {y: *s}\n", "recursive YAML alias"),
+        ("version: 1\nproviders: {vault: {type: [1]}}\n", "unknown type [1]"),
+        ("version: true\n", "'version: 1' is required"),
+        ('version: 1\nsecrets: {a: "env://${X"}\n', "'${' without a closing '}'"),
+        (
+            "version: 1\nsecrets: {a: env://A}\nfiles: [{secret: a, dest: x}, {secret: a, dest: x/y}]\n",
+            "need the same path as a file and as a directory",
+        ),
+    ],
+)
+def test_odd_manifests_are_bad_input_with_a_location(tmp_path: Path, text: str, message: str) -> None:
+    write(tmp_path / "m.yaml", text)
+    r = run_cli(["check", "-m", str(tmp_path / "m.yaml")], env=clean_env())
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "m.yaml:" in r.stderr and "internal error" not in r.stderr

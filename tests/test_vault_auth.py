@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
+import json
+import socket
+import struct
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +161,124 @@ def test_approle_wrapped_secret_id_is_unwrapped(
     with pytest.raises(AccessDenied, match="already used") as e:
         fetch(provider(bao, auth), REF)
     assert wrapping_token not in str(e.value)
+
+
+@dataclass
+class FlakyProxy:
+    """A forwarding proxy in front of OpenBao that fails the first request to one path.
+
+    `mode` is "503" (answer like a Vault in standby) or "reset" (drop the connection
+    with a TCP RST). `log` records "METHOD path" for every request it saw.
+    """
+
+    server: ThreadingHTTPServer
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_flaky_proxy(upstream: str, fail_path: str, mode: str) -> FlakyProxy:
+    host, port = upstream.removeprefix("http://").split(":")
+    holder: list[FlakyProxy] = []
+    failed = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def handle_any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            holder[0].log.append(f"{self.command} {self.path}")
+            if self.path == fail_path and not failed.is_set():
+                failed.set()
+                if mode == "reset":
+                    # SO_LINGER 0: close() sends RST, the client sees "connection reset".
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                data = json.dumps({"errors": ["Vault is sealed"]}).encode()
+                self.send_response(503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            try:
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for k, v in response.getheaders():
+                    if k.lower() not in ("content-length", "connection", "transfer-encoding", "date"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            finally:
+                conn.close()
+
+        do_GET = do_POST = do_PUT = do_DELETE = handle_any
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    proxy = FlakyProxy(server)
+    holder.append(proxy)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return proxy
+
+
+@pytest.mark.parametrize("mode", ["503", "reset"])
+def test_approle_wrapped_secret_id_survives_a_transient_login_failure(
+    bao: OpenBao, approle: dict[str, Any], tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Compose "Vault still starting" case: the first login fails transiently, the core retries,
+    and the retry logs in with the secret id unwrapped the first time (a wrapping token works once)."""
+    from initfetch.manifest import load_manifest
+    from initfetch.redact import Redactor
+    from initfetch.resolver import Resolver
+
+    wrapping_token = approle["wrapped"]()
+    proxy = start_flaky_proxy(bao.url, "/v1/auth/approle-x/login", mode)
+    manifest = tmp_path / "initfetch.yaml"
+    manifest.write_text(
+        "version: 1\n"
+        "providers:\n"
+        "  vault:\n"
+        "    type: vault\n"
+        f"    address: {proxy.url}\n"
+        "    auth: {method: approle, mount: approle-x, role_id_env: ROLE, secret_id_env: WRAPPED,"
+        " secret_id_wrapped: true}\n"
+        "secrets:\n"
+        f"  pw: {REF}\n"
+    )
+    environ = {"ROLE": approle["role_id"], "WRAPPED": wrapping_token, "HOME": str(tmp_path)}
+    caplog.set_level("DEBUG")
+    resolver = Resolver(load_manifest(manifest, environ), environ, Redactor(), timeout=15)
+    try:
+        res = resolver.resolve()
+    finally:
+        resolver.close()
+        proxy.stop()
+    assert res.values["pw"] == CANARY
+    calls = [line for line in proxy.log if "unwrap" in line or "login" in line]
+    assert calls == [
+        "POST /v1/sys/wrapping/unwrap",
+        "POST /v1/auth/approle-x/login",  # failed transiently
+        "POST /v1/auth/approle-x/login",  # retried with the cached secret id, no second unwrap
+    ]
+    assert wrapping_token not in caplog.text and CANARY not in caplog.text
 
 
 # --- JWT -------------------------------------------------------------------------------------

@@ -226,3 +226,65 @@ def test_hang_through_the_resolver_is_reported_unavailable(vault_double: VaultDo
         resolver.close()
     assert time.monotonic() - t0 < 3
     assert e.value.exit_code == 4
+
+
+def test_slow_drip_server_does_not_keep_the_run_past_the_deadline(tmp_path: Path) -> None:
+    """A byte every 0.2s keeps requests' read timeout (between bytes) from firing; the run still ends."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from initfetch.errors import ResolveFailed
+    from initfetch.manifest import load_manifest
+    from initfetch.redact import Redactor
+    from initfetch.resolver import Resolver
+
+    stop = threading.Event()
+
+    class Drip(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(1000):
+                if stop.wait(0.2):
+                    return
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:
+                    return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    manifest = tmp_path / "initfetch.yaml"
+    manifest.write_text("version: 1\nsecrets:\n  k: vault://secret/app#k\n")
+    address = f"http://127.0.0.1:{server.server_address[1]}"
+    environ = {"VAULT_ADDR": address, "VAULT_TOKEN": TOKEN, "HOME": str(tmp_path)}
+    resolver = Resolver(load_manifest(manifest, environ), environ, Redactor(), timeout=1.5)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(ResolveFailed) as e:
+            resolver.resolve()
+    finally:
+        resolver.close()
+        stop.set()
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - t0 < 3
+    assert e.value.exit_code == 4
+
+
+def test_bao_variables_are_neither_read_nor_stripped(openbao: OpenBao) -> None:
+    """Only VAULT_* is read: BAO_ADDR/BAO_TOKEN do not log in, and exec leaves BAO_TOKEN alone."""
+    p = VaultProvider("vault", {}, {"BAO_ADDR": openbao.url, "BAO_TOKEN": "root", "HOME": "/nonexistent"})
+    assert p.conn.address == "https://127.0.0.1:8200"  # the default, not BAO_ADDR
+    p = VaultProvider("vault", {"address": openbao.url}, {"BAO_TOKEN": "root", "HOME": "/nonexistent"})
+    with pytest.raises(AccessDenied, match="no Vault token"):
+        fetch(p, "vault://secret/x")
+    assert p.credential_env() == set()

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from initfetch.errors import SecretError
 from initfetch.providers import aws_session
-from initfetch.providers.aws_session import AwsSession
+from initfetch.providers.aws_session import AwsSession, error_code
 from initfetch.providers.base import Document, FetchContext, OptionProblem, Provider
 from initfetch.reference import DocKey
 
@@ -52,6 +52,22 @@ class AwsProvider(Provider):
             return self.fetch(doc, ctx)
         except SecretError as e:
             return e
+
+    def _one_by_one(self, docs: Sequence[DocKey], ctx: FetchContext) -> dict[DocKey, Document | SecretError]:
+        """Read each document alone, so each gets its own verdict."""
+        return {d: self._fetch_quietly(d, ctx) for d in docs}
+
+    @staticmethod
+    def _batch_denied(exc: Exception) -> bool:
+        """Did IAM refuse a whole batch call?
+
+        That verdict may concern only some of its items (a policy scoped by
+        path) or only the batch action, so the caller retries item by item.
+        Bad or expired credentials are not included: every single read would
+        fail the same way.
+        """
+        code, status = error_code(exc)
+        return code in ("AccessDeniedException", "AccessDenied") or (status == 403 and code in ("", "403"))
 
     def credential_env(self) -> set[str]:
         return self.aws.credential_env()

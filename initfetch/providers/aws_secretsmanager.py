@@ -112,11 +112,12 @@ class SecretsManagerProvider(AwsProvider):
                     break
                 args["NextToken"] = token
         except Exception as e:
-            code, status = error_code(e)
-            if code in ("AccessDeniedException", "AccessDenied") or (status == 403 and code in ("", "403")):
-                # No secretsmanager:BatchGetSecretValue: fall back to GetSecretValue.
+            if self._batch_denied(e):
+                # No secretsmanager:BatchGetSecretValue (it cannot be scoped to
+                # resources, and per-secret denials come back in Errors): fall
+                # back to GetSecretValue for the rest of the run.
                 self._batch_allowed = False
-                return {d: self._fetch_quietly(d, ctx) for d in docs}
+                return self._one_by_one(docs, ctx)
             raise classify(e, f"Secrets Manager (BatchGetSecretValue of {len(docs)} secrets)") from None
         out: dict[DocKey, Document | SecretError] = {}
         for doc in docs:

@@ -9,7 +9,8 @@ which the manifest's `env_from` can spread into environment variables.
 
 Plain and pinned single parameters are read with GetParameters, 10 per call
 (`name:4` / `name:label` selectors). A call never names one parameter twice,
-so each answer maps back to its request without relying on `Selector`.
+so each answer maps back to its request without relying on `Selector`. A
+batch that IAM or a bad selector fails as a whole is retried one by one.
 """
 
 from __future__ import annotations
@@ -142,10 +143,15 @@ class ParameterStoreProvider(AwsProvider):
             client = self.aws.client(SERVICE, ctx)
             response = client.get_parameters(Names=[_selector(d) for d in docs], WithDecryption=True)
         except Exception as e:
+            if self._batch_denied(e):
+                # IAM checks GetParameters against every name in it, so one name
+                # outside the policy's paths denies the whole call. Each one is
+                # asked alone; not remembered, as the next batch may be allowed.
+                return self._one_by_one(docs, ctx)
             err = self._error(e, docs[0])
             if isinstance(err, BadVersion | BadReference | NotFound):
                 # One bad selector can fail the whole call: let each speak for itself.
-                return {d: self._fetch_quietly(d, ctx) for d in docs}
+                return self._one_by_one(docs, ctx)
             raise classify(e, f"Parameter Store (GetParameters of {len(docs)} parameters)") from None
         by_name = {str(p["Name"]): p for p in response.get("Parameters", [])}
         by_arn = {str(p.get("ARN")): p for p in response.get("Parameters", [])}

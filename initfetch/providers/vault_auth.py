@@ -174,11 +174,25 @@ class AppRoleAuth(AuthMethod):
                 "secret_id_wrapped needs secret_id, secret_id_file or secret_id_env",
             )
 
+    def __init__(self, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+        super().__init__(options, environ)
+        # (role id, secret id) once a wrapped secret id is unwrapped. The wrapping token
+        # works once, so a retried login (Vault still starting) must reuse what it gave.
+        # In memory only; the secret id is also in secrets(), so messages are scrubbed of it.
+        self._unwrapped: tuple[str | None, str] | None = None
+
     def login(self, client: Any) -> None:
-        role_id = self.credential("role_id")
-        secret_id = self.credential("secret_id")
-        if secret_id is not None and self.options.get("secret_id_wrapped") is True:
-            secret_id = self._unwrap(client, secret_id)
+        # The provider calls login under its lock, so the cache needs no lock of its own.
+        role_id: str | None
+        secret_id: str | None
+        if self._unwrapped is not None:
+            role_id, secret_id = self._unwrapped
+        else:
+            role_id = self.credential("role_id")
+            secret_id = self.credential("secret_id")
+            if secret_id is not None and self.options.get("secret_id_wrapped") is True:
+                secret_id = self._unwrap(client, secret_id)
+                self._unwrapped = (role_id, secret_id)
         client.auth.approle.login(role_id=role_id, secret_id=secret_id, mount_point=self.mount)
 
     def _unwrap(self, client: Any, wrapping_token: str) -> str:
