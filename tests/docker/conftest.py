@@ -44,15 +44,15 @@ def engine() -> Iterator[eng.Engine]:
         eng.ensure_installed()
     except eng.EngineError as e:
         require(False, f"could not install docker.io/debootstrap: {e}")
-    e = eng.Engine()
+    docker = eng.Engine()
     try:
-        e.start()
+        docker.start()
     except eng.EngineError as err:
         require(False, f"dockerd did not start: {err}")
     # Keep the cache bounded: drop dangling images (old build layers) older than a day.
-    e.run(["image", "prune", "-f", "--filter", "until=24h"], check=False)
-    yield e
-    e.stop()
+    docker.run(["image", "prune", "-f", "--filter", "until=24h"], check=False)
+    yield docker
+    docker.stop()
 
 
 @pytest.fixture(scope="session")
