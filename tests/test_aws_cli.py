@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.backends.local_http import free_port
 from tests.backends.moto_server import REGION, aws_client, moto_url_fixture  # noqa: F401
 from tests.conftest import require
 
@@ -147,15 +147,12 @@ def test_exec_strips_environment_credentials(seeded: dict[str, str], tmp_path: P
 
 
 def test_unreachable_endpoint_exits_4(seeded: dict[str, str], tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     (tmp_path / "initfetch.yaml").write_text(
         "version: 1\n"
         "providers:\n"
         "  awssm:\n"
         "    type: aws-secretsmanager\n"
-        f"    endpoint_url: http://127.0.0.1:{port}\n"
+        f"    endpoint_url: http://127.0.0.1:{free_port()}\n"
         "secrets:\n"
         "  pw: awssm://anything#password\n"
     )

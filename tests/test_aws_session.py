@@ -10,12 +10,10 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -26,6 +24,7 @@ from initfetch.providers.aws_session import MAX_ATTEMPTS, timeout_bucket
 from initfetch.providers.aws_ssm import ParameterStoreProvider
 from initfetch.providers.base import FetchContext
 from initfetch.reference import DocKey
+from tests.backends.local_http import LocalServer, QuietHandler, free_port
 from tests.backends.moto_server import ACCOUNT, aws_client, aws_env_fixture, moto_url_fixture  # noqa: F401
 
 CANARY = "CANARY-awssess-0b1d"
@@ -223,14 +222,8 @@ def test_per_service_endpoint_variable(aws_env: dict[str, str], moto_url: str, m
     assert sm_provider().fetch(DocKey(name), ctx()).value == "localstack-style"
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_connection_refused_is_unavailable_quickly(aws_env: dict[str, str]) -> None:
-    p = sm_provider({"endpoint_url": f"http://127.0.0.1:{closed_port()}"})
+    p = sm_provider({"endpoint_url": f"http://127.0.0.1:{free_port()}"})
     start = time.monotonic()
     with pytest.raises(Unavailable, match="cannot reach AWS"):
         p.fetch(DocKey("x"), ctx())
@@ -242,17 +235,14 @@ def test_connection_refused_is_unavailable_quickly(aws_env: dict[str, str]) -> N
 # --- faults moto cannot produce: throttling, 5xx ---------------------------------------------
 
 
-class FaultServer:
+class FaultServer(LocalServer):
     """Answers every AWS JSON-protocol request with one fixed error; counts requests."""
 
     def __init__(self) -> None:
         self.status, self.error_type, self.hits, self.delay = 500, "InternalServiceError", 0, 0.0
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 outer.hits += 1
@@ -264,16 +254,13 @@ class FaultServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        super().__init__(Handler)
 
 
 @pytest.fixture(scope="module")
 def faults() -> Iterator[FaultServer]:
-    server = FaultServer()
-    yield server
-    server.server.shutdown()
+    with FaultServer() as server:
+        yield server
 
 
 @pytest.mark.parametrize(

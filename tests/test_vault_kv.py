@@ -19,6 +19,7 @@ from tests.backends.openbao import (
     FakeAPI,
     OpenBao,
     fetch,
+    resolve,
     seed_demo,
     start_fake_rabbitmq,
     vault_provider,
@@ -254,12 +255,7 @@ def test_dynamic_secret_has_a_renewable_lease_and_the_whole_map(seeded: OpenBao,
 
 
 def test_lease_reaches_templates_through_the_resolver(seeded: OpenBao, rabbit: FakeAPI, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from initfetch.manifest import load_manifest
-    from initfetch.redact import Redactor
-    from initfetch.resolver import Resolver
-
-    manifest = tmp_path / "initfetch.yaml"
-    manifest.write_text(
+    manifest = (
         "version: 1\nsecrets:\n"
         "  user: vault://rabbitmq/creds/app#username\n"
         "  pass: vault://rabbitmq/creds/app#password\n"
@@ -267,11 +263,7 @@ def test_lease_reaches_templates_through_the_resolver(seeded: OpenBao, rabbit: F
     )
     environ = {"VAULT_ADDR": seeded.url, "VAULT_TOKEN": "root", "HOME": str(tmp_path)}
     before = len(rabbit.requests)
-    resolver = Resolver(load_manifest(manifest, environ), environ, Redactor(), timeout=10)
-    try:
-        res = resolver.resolve()
-    finally:
-        resolver.close()
+    res = resolve(tmp_path, manifest, environ, timeout=10)
     users = [r for r in rabbit.requests[before:] if r[0] == "PUT" and r[1].startswith("/api/users/")]
     assert len(users) == 1  # username and password came from one read, one lease
     assert res.values["user"] in users[0][1]

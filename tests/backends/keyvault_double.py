@@ -34,10 +34,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.backends.local_http import QuietHandler, serve
 
 TENANT_ID = "72f988bf-0000-4000-8000-00000000a11e"
 CLIENT_ID = "11111111-2222-4333-8444-555555555555"  # service principal (secret, cert, workload)
@@ -103,24 +104,20 @@ class KeyVaultDouble:
         self.client_secret_file = str(self.workdir / "client-secret")
         Path(self.client_secret_file).write_text(self.client_secret + "\n")
 
-        self._https = _Server(("127.0.0.1", 0), _Handler, self)
-        self._https.socket = tls.wrap_socket(
-            self._https.socket, server_side=True, do_handshake_on_connect=False
-        )
-        self._msi = _Server(("127.0.0.1", 0), _Handler, self)
-        self.port = self._https.server_address[1]
-        self.url = f"https://127.0.0.1:{self.port}"
+        owner = self
+
+        class Handler(_Handler):
+            double = owner
+
+        self._https = serve(Handler, tls_context=tls)
+        self._msi = serve(Handler)
+        self.port = self._https.port
+        self.url = self._https.url
         # What the challenge names: a domain suffix of 127.0.0.1:PORT (see the notes, 3(b) option 2).
         self.resource = f"https://0.0.1:{self.port}"
-        self.msi_endpoint = f"http://127.0.0.1:{self._msi.server_address[1]}/msi/token"
+        self.msi_endpoint = f"{self._msi.url}/msi/token"
         # Enough for DefaultAzureCredential / ManagedIdentityCredential to log in (App Service shape).
         self.env = {"IDENTITY_ENDPOINT": self.msi_endpoint, "IDENTITY_HEADER": self.identity_header}
-        self._threads = [
-            threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True, name=f"kv-double-{i}")
-            for i, s in enumerate((self._https, self._msi))
-        ]
-        for t in self._threads:
-            t.start()
 
     # --- controls ---
 
@@ -167,9 +164,8 @@ class KeyVaultDouble:
         return {"vault_url": self.url, "ca_file": self.ca_file}
 
     def stop(self) -> None:
-        for s in (self._https, self._msi):
-            s.shutdown()
-            s.server_close()
+        self._https.stop()
+        self._msi.stop()
         with self._lock:
             conns = list(self._conns)
         for c in conns:  # kept-alive connections would otherwise still be served
@@ -287,32 +283,21 @@ def _aad_error(error: str, code: int, text: str) -> dict[str, Any]:
     }
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler], double: KeyVaultDouble):
-        super().__init__(addr, handler)
-        self.double = double
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    double: KeyVaultDouble  # set by the subclass each double serves
 
     def setup(self) -> None:
         super().setup()
-        with self.server.double._lock:
-            self.server.double._conns.add(self.connection)
+        with self.double._lock:
+            self.double._conns.add(self.connection)
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
-            with self.server.double._lock:
-                self.server.double._conns.discard(self.connection)
+            with self.double._lock:
+                self.double._conns.discard(self.connection)
 
     def handle(self) -> None:
         try:
@@ -335,7 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(n) if n else b""
 
     def do_GET(self) -> None:
-        d = self.server.double
+        d = self.double
         u = urlsplit(self.path)
         q = {k: v[0] for k, v in parse_qs(u.query).items()}
         if u.path == "/msi/token":
@@ -387,7 +372,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.reply(404, {"error": {"code": "NotFound", "message": f"no route {u.path}"}})
 
     def do_POST(self) -> None:
-        d = self.server.double
+        d = self.double
         u = urlsplit(self.path)
         form = {k: v[0] for k, v in parse_qs(self._body().decode()).items()}
         parts = u.path.split("/")
@@ -451,7 +436,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _client_ok(self, form: dict[str, str]) -> bool:
-        d = self.server.double
+        d = self.double
         if "client_secret" in form:
             return form["client_secret"] == d.client_secret
         assertion = form.get("client_assertion", "")
@@ -473,7 +458,7 @@ class _Handler(BaseHTTPRequestHandler):
         return bool(claims.get("iss") == d.client_id == claims.get("sub"))
 
     def _msi(self, q: dict[str, str]) -> None:
-        d = self.server.double
+        d = self.double
         with d._lock:
             d.token_requests.append(
                 {"endpoint": "msi", "client_id": q.get("client_id", ""), "resource": q.get("resource", "")}

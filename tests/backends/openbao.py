@@ -17,7 +17,6 @@ import atexit
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -25,13 +24,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.backends.local_http import LocalServer, QuietHandler, free_port
 
 ROOT_TOKEN = "root"  # noqa: S105 - a dev server's well-known root token
 
@@ -42,12 +43,6 @@ def bao_binary() -> str | None:
     if here.exists():
         return str(here)
     return shutil.which("bao")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -181,50 +176,30 @@ _shared_lock = threading.Lock()
 # --- small fake HTTP APIs OpenBao talks to ------------------------------------------------
 
 
-@dataclass
-class FakeAPI:
-    """A stdlib HTTP server on 127.0.0.1 recording the requests it saw."""
+class FakeAPI(LocalServer):
+    """A stdlib HTTP server on 127.0.0.1: `respond` answers in JSON; `requests` records what it saw."""
 
-    server: ThreadingHTTPServer
-    requests: list[tuple[str, str, bytes]] = field(default_factory=list)
+    def __init__(self, respond: Callable[[str, str, bytes], tuple[int, Any]]) -> None:
+        self.requests: list[tuple[str, str, bytes]] = []
+        requests = self.requests
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        class Handler(QuietHandler):
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                requests.append((self.command, self.path, body))
+                status, payload = respond(self.command, self.path, body)
+                data = b"" if payload is None else json.dumps(payload).encode()
+                self.send_response(status)
+                if data:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+            do_GET = do_PUT = do_POST = do_DELETE = _handle
 
-
-def _serve(respond: Any) -> FakeAPI:
-    holder: list[FakeAPI] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _handle(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            holder[0].requests.append((self.command, self.path, body))
-            status, payload = respond(self.command, self.path, body)
-            data = b"" if payload is None else json.dumps(payload).encode()
-            self.send_response(status)
-            if data:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_PUT = do_POST = do_DELETE = _handle
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    api = FakeAPI(server)
-    holder.append(api)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    return api
+        super().__init__(Handler)
 
 
 def start_fake_rabbitmq() -> FakeAPI:
@@ -235,7 +210,7 @@ def start_fake_rabbitmq() -> FakeAPI:
             return 204, None
         return 404, {"error": "not_found"}
 
-    return _serve(respond)
+    return FakeAPI(respond)
 
 
 def start_fake_tokenreview(namespace: str, service_account: str, uid: str) -> FakeAPI:
@@ -255,7 +230,7 @@ def start_fake_tokenreview(namespace: str, service_account: str, uid: str) -> Fa
             }
         return 404, {"kind": "Status", "code": 404}
 
-    return _serve(respond)
+    return FakeAPI(respond)
 
 
 def wait_http(url: str, timeout: float = 5.0) -> None:
@@ -294,3 +269,25 @@ def fetch(provider: Any, ref: str, timeout: float = 10.0) -> Any:
     from initfetch.reference import parse
 
     return provider.fetch(parse(ref).doc, FetchContext(time.monotonic() + timeout))
+
+
+@contextmanager
+def open_resolver(tmp_path: Path, manifest: str, environ: Mapping[str, str], timeout: float) -> Iterator[Any]:
+    """Write `manifest` as tmp_path/initfetch.yaml and yield a core Resolver for it, closed afterwards."""
+    from initfetch.manifest import load_manifest
+    from initfetch.redact import Redactor
+    from initfetch.resolver import Resolver
+
+    path = tmp_path / "initfetch.yaml"
+    path.write_text(manifest)
+    resolver = Resolver(load_manifest(path, environ), environ, Redactor(), timeout=timeout)
+    try:
+        yield resolver
+    finally:
+        resolver.close()
+
+
+def resolve(tmp_path: Path, manifest: str, environ: Mapping[str, str], timeout: float) -> Any:
+    """Resolve `manifest` once through the core resolver (see open_resolver); returns its result."""
+    with open_resolver(tmp_path, manifest, environ, timeout) as resolver:
+        return resolver.resolve()

@@ -10,45 +10,33 @@ an answer for one API path; `hang.add(path)` makes that path never answer
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
+from tests.backends.local_http import LocalServer, QuietHandler
+
 TOKEN = "double-token"  # noqa: S105 - a test double's token
 
 
-@dataclass
-class VaultDouble:
-    server: ThreadingHTTPServer
-    kv2: dict[str, dict[str, Any]] = field(default_factory=dict)  # "secret/<p>" -> data
-    faults: dict[str, tuple[int, Any]] = field(default_factory=dict)  # "secret/data/x" -> (status, body)
-    hang: set[str] = field(default_factory=set)
-    seen: list[str] = field(default_factory=list)
-    released: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
+class VaultDouble(LocalServer):
+    def __init__(self) -> None:
+        self.kv2: dict[str, dict[str, Any]] = {}  # "secret/<p>" -> data
+        self.faults: dict[str, tuple[int, Any]] = {}  # "secret/data/x" -> (status, body)
+        self.hang: set[str] = set()
+        self.seen: list[str] = []
+        super().__init__(_handler_for(self))
 
 
 def start_vault_double() -> VaultDouble:
-    holder: list[VaultDouble] = []
+    return VaultDouble()
 
-    class Handler(BaseHTTPRequestHandler):
+
+def _handler_for(double: VaultDouble) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
 
         def reply(self, status: int, body: Any) -> None:
             # A str body is a proxy's error page (text/html); anything else is Vault's JSON.
@@ -63,14 +51,13 @@ def start_vault_double() -> VaultDouble:
             self.wfile.write(data)
 
         def handle_any(self) -> None:
-            double = holder[0]
             length = int(self.headers.get("Content-Length") or 0)
             if length:
                 self.rfile.read(length)
             path = urlsplit(self.path).path.removeprefix("/v1/")
             double.seen.append(path)
             if path in double.hang:
-                double.released.wait(30)
+                self.server.stopping.wait(30)
                 return
             if path in double.faults:
                 status, body = double.faults[path]
@@ -99,16 +86,10 @@ def start_vault_double() -> VaultDouble:
 
         do_GET = do_POST = do_PUT = handle_any
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    double = VaultDouble(server)
-    holder.append(double)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    return double
+    return Handler
 
 
 @pytest.fixture
 def vault_double() -> Iterator[VaultDouble]:
-    double = start_vault_double()
-    yield double
-    double.stop()
+    with start_vault_double() as double:
+        yield double
