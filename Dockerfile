@@ -29,7 +29,7 @@ COPY pyproject.toml README.m[d] /src/
 RUN mkdir -p /src/initfetch \
     && echo '__version__ = "0"' > /src/initfetch/__init__.py \
     && python3 -m venv /opt/initfetch \
-    && /opt/initfetch/bin/pip install --no-cache-dir "/src[${EXTRAS}]" \
+    && /opt/initfetch/bin/pip install --no-cache-dir "/src${EXTRAS:+[$EXTRAS]}" \
     && /opt/initfetch/bin/pip uninstall --yes initfetch \
     && rm -rf /src/initfetch /src/build /src/*.egg-info
 

@@ -143,8 +143,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(Exception):
-    """SIGTERM arrived while resolving or writing (as PID 1 nothing else would stop us)."""
+class Terminated(BaseException):
+    """SIGTERM arrived while resolving or writing (as PID 1 nothing else would stop us).
+
+    A BaseException, like KeyboardInterrupt, so no `except Exception` on the way
+    (a provider, a template, the logging module) can swallow it.
+    """
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -161,8 +165,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     ):
         if getattr(args, name) not in choices:  # argparse does not check defaults taken from INITFETCH_*
             parser.error(f"INITFETCH_{name.upper()} must be one of {', '.join(choices)}")
-    # PID 1 ignores SIGTERM unless it handles it: `docker stop` must not wait out the grace period.
-    signal.signal(signal.SIGTERM, _terminate)
     redactor = Redactor()
     try:
         setup_logging(redactor, fmt=args.log_format, level=args.log_level, audit_file=args.audit_file)
@@ -170,6 +172,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         sys.stderr.write(f"initfetch: error: cannot open the audit file: {e.strerror}\n")
         return 2
     try:
+        # PID 1 ignores SIGTERM unless it handles it: `docker stop` must not wait out the grace period.
+        signal.signal(signal.SIGTERM, _terminate)
         return COMMANDS[args.command](args, env, redactor)
     except InitfetchError as e:
         for problem in e.problems:

@@ -7,8 +7,7 @@ values: the same shapes (maps, lists, JSON documents stay JSON) with every
 leaf replaced by a `<secret:name/key>` placeholder. That render contains no
 value at all, and shows where each secret lands and how it is transformed.
 An output whose template needs the real content (`b64decode` of a secret,
-say) cannot render with placeholders; it is shown with every line that
-is not literal template text masked.
+say) cannot render with placeholders; only its size is shown.
 `--offline` renders with placeholders of unknown shape and contacts nothing.
 """
 
@@ -23,7 +22,7 @@ from initfetch.redact import FIELD_MIN_LEN, Redactor, mask
 from initfetch.render import Rendered, render_each
 from initfetch.resolver import Resolved
 
-MASKED_LINE = "<line masked: computed from secrets; use --reveal to see it>"
+NOT_SHOWN = "<not shown: this template needs the real values to render; use --reveal>"
 
 
 class Placeholder(str):
@@ -74,22 +73,13 @@ def masked(
     shadows = {name: shadow(value, name) for name, value in values.items()}
     attempt = render_each(manifest, shadows, meta, None)
     files = dict(attempt.rendered.files)
-    sources = {o.dest: o.src for o in manifest.outputs if o.src is not None}
     for dest in attempt.failed & set(real.files):
-        source = sources[dest].read_text(errors="replace") if sources.get(dest) else ""
-        files[dest] = _mask_lines(real.files[dest], source)
-    env = {name: attempt.rendered.env.get(name, MASKED_LINE) for name in real.env}
+        # Nothing selected from the real render is shown: even which literal lines
+        # appear would tell something about the values that chose them.
+        lines = real.files[dest].count(b"\n") + (not real.files[dest].endswith(b"\n"))
+        files[dest] = f"{NOT_SHOWN} ({lines} lines)\n".encode()
+    env = {name: attempt.rendered.env.get(name, NOT_SHOWN) for name in real.env}
     return Rendered({dest: files[dest] for dest in real.files}, env)
-
-
-def _mask_lines(data: bytes, source: str) -> bytes:
-    """Keep only lines that are written literally in the template; mask the rest."""
-    literal = {line.strip() for line in source.splitlines()}
-    try:
-        lines = data.decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        return MASKED_LINE.encode()
-    return "\n".join(line if line.strip() in literal else MASKED_LINE for line in lines).encode() + b"\n"
 
 
 def show(

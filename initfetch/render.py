@@ -151,26 +151,60 @@ def _template_line(tb: TracebackType | None, name: str) -> int:
     return line
 
 
-_QUOTED = re.compile(r"'([^']*)'")
+# Jinja's messages for a missing name or attribute, and for a blocked attribute.
+_UNDEFINED_NAME = re.compile(r"^'(?P<name>[A-Za-z_][A-Za-z0-9_]*)' is undefined$")
+_NO_ATTRIBUTE = re.compile(r"^'[\w ]+ object' has no attribute '(?P<name>[A-Za-z_][A-Za-z0-9_]*)'$")
+_UNSAFE_ATTRIBUTE = re.compile(
+    r"^access to attribute '(?P<name>[A-Za-z_][A-Za-z0-9_]*)' of '\w+' object is unsafe\.?$"
+)
 # Exceptions whose messages describe a position or a format, never the content.
 _SAFE_MESSAGES = (json.JSONDecodeError, binascii.Error)
 
 
+def _static_names(source: str, line: int) -> set[str]:
+    """Names, attributes and constant keys written literally at one line of a template."""
+    try:
+        ast = jinja2.Environment().parse(source)  # noqa: S701 - parsed only, never rendered
+    except jinja2.TemplateSyntaxError:
+        return set()
+    names: set[str] = set()
+    for node in ast.find_all((jinja2.nodes.Name, jinja2.nodes.Getattr, jinja2.nodes.Getitem)):
+        if line and node.lineno != line:
+            continue
+        if isinstance(node, jinja2.nodes.Name):
+            names.add(node.name)
+        elif isinstance(node, jinja2.nodes.Getattr):
+            names.add(node.attr)
+        elif isinstance(node, jinja2.nodes.Getitem):
+            arg = node.arg
+            if isinstance(arg, jinja2.nodes.Const) and isinstance(arg.value, str):
+                names.add(arg.value)
+    return names
+
+
 def _error(e: Exception, file: str, name: str, source: str) -> Problem:
-    """One line for a template failure. A runtime message may quote a computed
-    value (a missing key named by a secret, a format string), so it is shown only
-    when everything it quotes is written in the template itself."""
+    """One line for a template failure.
+
+    A runtime message may quote a computed value (a key taken from a secret, a
+    format string), so a name is repeated only when the message has Jinja's exact
+    shape and the name is written literally, as a name, attribute or constant
+    key, on the failing line of the template. Anything else gets a generic line.
+    """
     if isinstance(e, jinja2.TemplateSyntaxError):
         return Problem(Loc(file, e.lineno or 0), f"template syntax error: {e.message}")
-    where = Loc(file, _template_line(e.__traceback__, name))
+    line = _template_line(e.__traceback__, name)
+    where = Loc(file, line)
     message = str(getattr(e, "message", None) or e)
-    quoted = [q for q in _QUOTED.findall(message) if not q.endswith(" object")]
-    from_source = all(q in source for q in quoted)
-    if isinstance(e, jinja2.UndefinedError):
-        detail = message if from_source else "a name or key computed at render time does not exist"
+    if isinstance(e, jinja2.UndefinedError | jinja2.sandbox.SecurityError):
+        pattern = _UNSAFE_ATTRIBUTE if isinstance(e, jinja2.sandbox.SecurityError) else None
+        match = (pattern or _NO_ATTRIBUTE).match(message) or (
+            None if pattern else _UNDEFINED_NAME.match(message)
+        )
+        literal = bool(match) and match.group("name") in _static_names(source, line)  # type: ignore[union-attr]
+        if isinstance(e, jinja2.sandbox.SecurityError):
+            return Problem(where, f"not allowed in a template: {message if literal else 'unsafe access'}")
+        detail = message if literal else "a name or key computed at render time does not exist"
         return Problem(where, f"undefined: {detail}")
-    if isinstance(e, jinja2.sandbox.SecurityError):
-        return Problem(where, f"not allowed in a template: {message if from_source else type(e).__name__}")
     if isinstance(e, _SAFE_MESSAGES):
         return Problem(where, f"template error: {type(e).__name__}: {message}")
     return Problem(where, f"template error: {type(e).__name__} (message not shown: it may quote a value)")

