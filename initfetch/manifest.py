@@ -437,13 +437,16 @@ def default_manifest_path(environ: Mapping[str, str]) -> Path:
 
 def missing_sdks(manifest: Manifest) -> list[Problem]:
     """One problem per provider in use whose client library is not installed."""
-    used = {s.ref.scheme for s in manifest.secrets.values() if s.ref}
+    first_use: dict[str, Loc | None] = {}
+    for spec in manifest.secrets.values():
+        if spec.ref:
+            first_use.setdefault(spec.ref.scheme, spec.loc)
     out = []
-    for name in sorted(used):
+    for name, used_at in sorted(first_use.items()):
         conf = manifest.providers[name]
         message = providers.missing_sdk(conf.type)
-        if message:
-            out.append(Problem(conf.loc or (str(manifest.path) if manifest.path else None), message))
+        if message:  # where the instance is declared, else where a built-in one is first used
+            out.append(Problem(conf.loc or used_at, message))
     return out
 
 

@@ -69,6 +69,7 @@ def test_missing_extra_names_the_pip_extra(tmp_path: Path) -> None:
         timeout=60,
     )
     assert r.returncode == 2, r.stderr
+    assert "initfetch.yaml:3:3: the vault provider needs" in r.stderr
     assert "pip install 'initfetch[vault]'" in r.stderr
     assert "pip install 'initfetch[aws]'" in r.stderr
     assert "Traceback" not in r.stderr
