@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,8 @@ def example_factory(engine: eng.Engine, images: Images, bao: Bao, tmp_path: Path
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("secrets"))
         (dst / "secrets").mkdir()
         files = [dst / "compose.yaml", OVERRIDES / override]
-        project = f"ifci-{name.split('-')[0]}-{len(made)}"
+        # Unique per test: leftovers of an earlier test can never be mistaken for this one's.
+        project = f"ifci-{name.split('-')[0]}-{len(made)}-{uuid.uuid4().hex[:8]}"
         full_env = {
             "INITFETCH_IMAGE": images.initfetch,
             "APP_IMAGE": images.app if name == "entrypoint-wrapper" else images.base,
@@ -139,10 +141,14 @@ def example_factory(engine: eng.Engine, images: Images, bao: Bao, tmp_path: Path
         return ex
 
     yield make
+    failed = []
     for ex in made:
-        engine.compose_run(
+        proc = engine.compose_run(
             ex.files, ["down", "-v", "--remove-orphans", "-t", "2"], ex.project, ex.env, check=False
         )
+        if proc.returncode != 0:
+            failed.append(f"{ex.project}: {proc.stderr[-500:]}")
+    assert not failed, f"compose down failed, containers or volumes may be left: {failed}"
 
 
 def parse_report(stdout: str) -> dict[str, list[str]]:
