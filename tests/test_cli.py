@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -455,22 +456,27 @@ def test_exec_not_executable_is_126(project: Path, mode: list[str]) -> None:
     assert run_cli(["exec", *mode, "--", "/no/such/binary"], env=env, cwd=project).returncode == 127
 
 
+def render_value(tmp_path: Path, value: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(
+        ["render", "-o", str(tmp_path / "o"), "--allow-disk"], env=clean_env(S=value), cwd=tmp_path
+    )
+
+
+def rendered_once(tmp_path: Path, *dests: str) -> Path:
+    """A manifest writing secret S to each dest, rendered once with S=old; returns OUT_DIR."""
+    files = "".join(f"  - {{secret: s, dest: {d}}}\n" for d in dests)
+    write(tmp_path / "initfetch.yaml", "version: 1\nsecrets:\n  s: env://S\nfiles:\n" + files)
+    assert render_value(tmp_path, "old").returncode == 0
+    return tmp_path / "o"
+
+
 def test_staging_failure_replaces_nothing(tmp_path: Path) -> None:
-    write(
-        tmp_path / "initfetch.yaml",
-        "version: 1\nsecrets:\n  s: env://S\nfiles:\n"
-        "  - {secret: s, dest: a}\n  - {secret: s, dest: sub/b}\n",
-    )
-    out = tmp_path / "o"
-    assert (
-        run_cli(["render", "-o", str(out), "--allow-disk"], env=clean_env(S="old"), cwd=tmp_path).returncode
-        == 0
-    )
+    out = rendered_once(tmp_path, "a", "sub/b")
     (out / "sub/b").unlink()
     (out / "sub").rmdir()
     (tmp_path / "elsewhere").mkdir()
     os.symlink(tmp_path / "elsewhere", out / "sub")
-    r = run_cli(["render", "-o", str(out), "--allow-disk"], env=clean_env(S="new"), cwd=tmp_path)
+    r = render_value(tmp_path, "new")
     assert r.returncode == 5 and "symlink" in r.stderr
     assert (out / "a").read_text() == "old"  # staged first, but never renamed into place
     assert (out / ".initfetch-ready.json").exists()  # the previous complete render still stands
@@ -492,7 +498,6 @@ def test_unknown_owner_fails_before_any_backend(tmp_path: Path) -> None:
 
 def test_sigterm_while_resolving_exits_143(tmp_path: Path) -> None:
     import signal
-    import subprocess
     import sys
     import time
 
@@ -572,20 +577,12 @@ def test_odd_manifests_are_bad_input_with_a_location(tmp_path: Path, text: str, 
 
 
 def test_directory_in_the_way_replaces_nothing_and_stale_temps_are_swept(tmp_path: Path) -> None:
-    write(
-        tmp_path / "initfetch.yaml",
-        "version: 1\nsecrets:\n  s: env://S\nfiles:\n  - {secret: s, dest: a1}\n  - {secret: s, dest: z9}\n",
-    )
-    out = tmp_path / "o"
-    assert (
-        run_cli(["render", "-o", str(out), "--allow-disk"], env=clean_env(S="old"), cwd=tmp_path).returncode
-        == 0
-    )
+    out = rendered_once(tmp_path, "a1", "z9")
     (out / "z9").unlink()
     (out / "z9").mkdir()
     stale = out / ".a1.initfetch-0123456789ab"  # what a SIGKILLed run leaves behind
     stale.write_text("old secret value")
-    r = run_cli(["render", "-o", str(out), "--allow-disk"], env=clean_env(S="new"), cwd=tmp_path)
+    r = render_value(tmp_path, "new")
     assert r.returncode == 5 and "z9: cannot write: a directory is in the way" in r.stderr
     assert (out / "a1").read_text() == "old"
     assert (out / ".initfetch-ready.json").exists()
@@ -597,7 +594,6 @@ def test_directory_in_the_way_replaces_nothing_and_stale_temps_are_swept(tmp_pat
 
 def test_sigterm_during_a_slow_render_is_not_swallowed(tmp_path: Path) -> None:
     import signal
-    import subprocess
     import sys
     import time
 
