@@ -498,32 +498,11 @@ def test_unknown_owner_fails_before_any_backend(tmp_path: Path) -> None:
 
 def test_sigterm_while_resolving_exits_143(tmp_path: Path) -> None:
     import signal
-    import sys
-    import time
 
     write(tmp_path / "initfetch.yaml", "version: 1\nsecrets:\n  s: vault://secret/app#k\n")
     env = clean_env(VAULT_ADDR="http://127.0.0.1:9", VAULT_TOKEN="t")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "initfetch",
-            "render",
-            "-o",
-            str(tmp_path / "o"),
-            "--allow-disk",
-            "--timeout",
-            "60",
-        ],
-        env=env,
-        cwd=tmp_path,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=10)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    returncode, stderr = render_then_sigterm(tmp_path, env, "--timeout", "60")
+    assert returncode == 128 + signal.SIGTERM, stderr
     assert "terminated by SIGTERM" in stderr
 
 
@@ -594,8 +573,6 @@ def test_directory_in_the_way_replaces_nothing_and_stale_temps_are_swept(tmp_pat
 
 def test_sigterm_during_a_slow_render_is_not_swallowed(tmp_path: Path) -> None:
     import signal
-    import sys
-    import time
 
     write(
         tmp_path / "initfetch.yaml",
@@ -604,9 +581,20 @@ def test_sigterm_during_a_slow_render_is_not_swallowed(tmp_path: Path) -> None:
     write(
         tmp_path / "t.j2", "{% for i in range(100000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}x"
     )
+    returncode, stderr = render_then_sigterm(tmp_path, clean_env(S="v"))
+    assert returncode == 128 + signal.SIGTERM, stderr
+    assert not (tmp_path / "o").exists()
+
+
+def render_then_sigterm(tmp_path: Path, env: dict[str, str], *extra: str) -> tuple[int, str]:
+    """Start `render`, send SIGTERM 1.5 s later (while it is still busy), return its exit and stderr."""
+    import signal
+    import sys
+    import time
+
     proc = subprocess.Popen(
-        [sys.executable, "-m", "initfetch", "render", "-o", str(tmp_path / "o"), "--allow-disk"],
-        env=clean_env(S="v"),
+        [sys.executable, "-m", "initfetch", "render", "-o", str(tmp_path / "o"), "--allow-disk", *extra],
+        env=env,
         cwd=tmp_path,
         stderr=subprocess.PIPE,
         text=True,
@@ -614,5 +602,4 @@ def test_sigterm_during_a_slow_render_is_not_swallowed(tmp_path: Path) -> None:
     time.sleep(1.5)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=20)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
-    assert not (tmp_path / "o").exists()
+    return proc.returncode, stderr
