@@ -12,6 +12,7 @@ paths and classes, never what was read.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 EXIT_OK = 0
@@ -20,6 +21,20 @@ EXIT_BAD_INPUT = 2
 EXIT_UNRESOLVED = 3
 EXIT_UNAVAILABLE = 4
 EXIT_WRITE = 5
+
+
+# What error text may quote from the manifest: short, printable, identifier-like tokens
+# (a key such as `secretz`, a scheme, a variable name). Anything else could be a
+# pasted secret or a password hash, and is described by its length only.
+_QUOTABLE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
+
+
+def shown(text: object) -> str:
+    """`'token'` for a short identifier-like token, else `(not shown: N characters)`."""
+    s = text if isinstance(text, str) else str(text)
+    if _QUOTABLE.match(s):
+        return f"'{s}'"
+    return f"(not shown: {len(s)} characters)"
 
 
 @dataclass(frozen=True)
