@@ -18,6 +18,7 @@ from typing import Any
 
 from initfetch import providers, yamlsrc
 from initfetch.errors import BadInput, Loc, Problem
+from initfetch.limits import Limits
 from initfetch.reference import Reference, RefSyntaxError, expand_vars, parse
 from initfetch.yamlsrc import LDict, LList
 
@@ -84,6 +85,7 @@ class Manifest:
     env: dict[str, tuple[str, Loc | None]] = field(default_factory=dict)
     env_from: list[EnvFrom] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
 
     def provider_for(self, scheme: str) -> ProviderConfig:
         return self.providers[scheme]
