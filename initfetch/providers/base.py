@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from initfetch.errors import SecretError
+from initfetch.limits import Limits
 from initfetch.reference import DocKey, Reference
 
 
@@ -51,6 +52,7 @@ class FetchContext:
     """Per-run limits a provider must respect: no single call may outlive the deadline."""
 
     deadline: float  # time.monotonic() value
+    max_size: int = Limits().secret_size  # bytes one document may have (limits.secret_size)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
