@@ -1,0 +1,132 @@
+"""The pure schedule and the watch settings: what is due when, parsed how."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from initfetch import schedule as sched
+from initfetch.errors import Loc
+from initfetch.watch_config import OnChange, WatchConfig, parse, parse_duration, signal_number
+
+
+def fixed(value: float = 0.5) -> sched.Schedule:
+    return sched.Schedule(rng=lambda: value)  # 0.5: no jitter either way
+
+
+def test_static_poll_is_due_after_its_interval_with_jitter() -> None:
+    s = fixed()
+    s.poll("a", 60, now=100)
+    assert s.due(159.9) == [] and [e.key for e in s.due(160)] == ["a"]
+    low, high = sched.Schedule(rng=lambda: 0.0), sched.Schedule(rng=lambda: 0.999)
+    assert low.poll("a", 100, 0).at == pytest.approx(90)
+    assert high.poll("a", 100, 0).at == pytest.approx(110, abs=0.1)
+
+
+def test_renewable_lease_renews_at_two_thirds_then_replaces_at_max_ttl() -> None:
+    s = fixed(0.0)
+    e = s.lease("db", 60, renewable=True, now=0)
+    assert (e.action, e.at, e.expires_at) == (sched.RENEW, pytest.approx(40), 60)
+    e = s.renewed("db", 60, now=40)  # full duration granted: renew again
+    assert (e.action, e.at) == (sched.RENEW, pytest.approx(80))
+    e = s.renewed("db", 20, now=80)  # capped by max TTL: replace ahead of expiry
+    assert e.action == sched.REPLACE and e.at < e.expires_at == 100
+
+
+def test_non_renewable_lease_is_replaced_before_expiry() -> None:
+    e = fixed(0.0).lease("pki", 30, renewable=False, now=0)
+    assert e.action == sched.REPLACE and e.at == pytest.approx(20)
+
+
+def test_refused_renewal_is_replaced_now() -> None:
+    s = fixed()
+    s.lease("db", 60, renewable=True, now=0)
+    assert s.refused("db", now=40).at == 40 and s.entries["db"].action == sched.REPLACE
+
+
+def test_failures_back_off_and_count_as_stale_until_success() -> None:
+    s = fixed()
+    s.poll("a", 300, now=0)
+    delays = []
+    for i in range(12):
+        now = 300.0 + i
+        delays.append(s.failed("a", now).at - now)
+    assert delays[0] == pytest.approx(sched.BACKOFF_FIRST)
+    assert delays == sorted(delays) and max(delays) == pytest.approx(sched.BACKOFF_MAX)
+    assert s.stale_since() == 0  # when it last succeeded
+    s.poll("a", 300, now=400)
+    assert s.stale_since() is None
+
+
+def test_backoff_never_exceeds_the_poll_interval() -> None:
+    s = fixed()
+    s.poll("a", 5, now=0)
+    for _ in range(10):
+        e = s.failed("a", now=10)
+    assert e.at - 10 <= 5
+
+
+def test_expired_leases_are_reported() -> None:
+    s = fixed()
+    s.lease("db", 10, renewable=True, now=0)
+    assert s.expired(9) == [] and [e.key for e in s.expired(10)] == ["db"]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600), ("1h30m", 5400), ("500ms", 0.5), (45, 45)]
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5x", "m5", "-1s", "0", True, None, "1h 5m", "999d"])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_signal_names() -> None:
+    assert signal_number("HUP") == signal_number("sighup") == signal.SIGHUP
+    with pytest.raises(ValueError, match="unknown signal"):
+        signal_number("NOPE")
+
+
+class Chk:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def add(self, where: Loc, message: str) -> None:
+        self.problems.append(message)
+
+
+def test_parse_refresh_and_on_change() -> None:
+    chk = Chk()
+    data = {
+        "providers": {"vault": {"type": "vault", "refresh": "1m"}},
+        "secrets": {"a": {"ref": "vault://s/a#k", "refresh": "10s"}, "b": "vault://s/b#k"},
+        "on_change": {"restart": True, "grace": "3s", "revoke_grace": "1m"},
+    }
+    config = parse(chk, data)
+    assert chk.problems == []
+    assert config.refresh_for("a", "vault", "vault") == 10
+    assert config.refresh_for("b", "vault", "vault") == 60
+    assert config.refresh_for("c", "awssm", "aws-secretsmanager") == 300
+    assert config.refresh_for("d", "env", "env") is None
+    assert config.on_change == OnChange(restart=True, grace=3, revoke_grace=60)
+    assert WatchConfig().on_change.signal is None
+
+
+def test_parse_reports_every_problem_in_one_line_each() -> None:
+    chk = Chk()
+    parse(
+        chk,
+        {
+            "secrets": {"a": {"ref": "x", "refresh": "soon"}},
+            "on_change": {"signal": "NOPE", "restart": "yes", "command": "reload", "bogus": 1},
+        },
+    )
+    text = "\n".join(chk.problems)
+    assert len(chk.problems) == 5, text
+    assert "refresh must be a duration" in text and "unknown signal" in text
+    assert "command must be a non-empty list" in text and "unknown key 'bogus'" in text
