@@ -6,8 +6,8 @@ Two kinds:
   the whole rendered output. Rendering time has no limit of its own: it runs
   inside the overall `--timeout`.
 - limits of parsing the manifest itself, which the manifest cannot raise (it is
-  not read yet): its size, YAML aliases and nesting depth, set only through
-  their INITFETCH_LIMIT_* variables.
+  not read yet): its size, YAML aliases, nesting depth and number of values
+  (aliases expanded), set only through their INITFETCH_LIMIT_* variables.
 
 Sizes are bytes, written as an integer or with a unit: `512KiB`, `1MiB`, `2MB`.
 """
@@ -32,6 +32,7 @@ DESCRIPTIONS: dict[str, tuple[str, bool]] = {
     "manifest_size": ("the size of the manifest file", False),
     "yaml_aliases": ("the number of YAML aliases in the manifest", False),
     "yaml_depth": ("the nesting depth of the manifest", False),
+    "yaml_nodes": ("the number of values in the manifest, aliases expanded", False),
 }
 
 
@@ -42,14 +43,22 @@ class Limits:
     manifest_size: int = 1 * MIB
     yaml_aliases: int = 100
     yaml_depth: int = 64
+    # Bounds what an alias bomb expands to (and a huge flat manifest): a real one has a few hundred.
+    yaml_nodes: int = 100_000
 
     def with_env(self, environ: Mapping[str, str]) -> Limits:
-        """These limits, overridden by INITFETCH_LIMIT_<NAME> variables. Raises ValueError."""
+        """These limits, overridden by INITFETCH_LIMIT_<NAME> variables.
+
+        Raises ValueError whose message starts with the variable's name.
+        """
         changes: dict[str, int] = {}
         for f in fields(self):
             raw = environ.get(env_name(f.name))
             if raw is not None and raw.strip() != "":
-                changes[f.name] = parse_value(f.name, raw)
+                try:
+                    changes[f.name] = parse_value(f.name, raw)
+                except ValueError as e:
+                    raise ValueError(f"{env_name(f.name)} {e}") from None
         return replace(self, **changes) if changes else self
 
 
@@ -60,7 +69,7 @@ def env_name(name: str) -> str:
 def parse_size(value: Any) -> int:
     """Bytes from an int or a string like "1MiB". Raises ValueError."""
     if isinstance(value, bool):
-        raise ValueError("must be a size such as 1048576 or \"1MiB\"")
+        raise ValueError('must be a size such as 1048576 or "1MiB"')
     if isinstance(value, int):
         if value <= 0:
             raise ValueError("must be positive")
@@ -71,7 +80,7 @@ def parse_size(value: Any) -> int:
             n = int(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
             if n > 0:
                 return n
-    raise ValueError("must be a positive size such as 1048576 or \"1MiB\"")
+    raise ValueError('must be a positive size such as 1048576 or "1MiB"')
 
 
 def parse_value(name: str, value: Any) -> int:

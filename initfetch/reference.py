@@ -5,20 +5,26 @@ declares). PATH is everything up to the first `?` or `#`, taken literally,
 so ARNs with colons and absolute paths (`ssm:///a/b`) need no escaping.
 QUERY is `k=v&k=v` with unique keys. KEY is either a top-level key
 (`#password`) or a JSON-pointer-like path (`#/a/b`, `~1` for `/`, `~0` for `~`).
-`${VAR}` and `${VAR:-default}` are expanded from the environment first;
-`$$` is a literal `$`.
+`${VAR}` and `${VAR:-default}` are expanded from the environment after the
+reference is split into its parts, inside each part (path, query value, key):
+a variable's value can never add a `#key`, a `?query` or a scheme. `$$` is a
+literal `$`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
+
+from initfetch.errors import shown
 
 SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]*$")
 _VAR_RE = re.compile(r"\$(\$|\{([^}]*)\}|\{)")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# C0, DEL, C1 and the Unicode line breaks: each could forge a line in a report.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class RefSyntaxError(ValueError):
@@ -64,81 +70,185 @@ class Reference:
 
 
 def expand_vars(text: str, environ: Mapping[str, str], *, lenient: bool = False) -> str:
-    """Expand `${VAR}` / `${VAR:-default}`; an unset VAR is an error.
+    """Expand `${VAR}` / `${VAR:-default}` in a whole string (a provider option).
 
-    With `lenient`, unset variables are left as written (for offline checks).
+    An unset VAR is an error; with `lenient`, it is left as written (offline checks).
+    References do not use this: see `expand_reference`.
     """
+    out, _ = _expand(text, environ, lenient)
+    return out
 
-    def sub(m: re.Match[str]) -> str:
+
+def _expand(
+    raw: str,
+    environ: Mapping[str, str] | None,
+    lenient: bool,
+    literal: Callable[[str], str] = lambda s: s,
+) -> tuple[str, bool]:
+    """`raw` with its variables expanded; `literal` decodes only the text written in the manifest.
+
+    A variable's value is taken as is (never unquoted or unescaped). Returns the
+    text and whether every variable was set (False only with `lenient`).
+    """
+    if environ is None or "$" not in raw:
+        return literal(raw), True
+    out: list[str] = []
+    complete, pos = True, 0
+    for m in _VAR_RE.finditer(raw):
+        out.append(literal(raw[pos : m.start()]))
+        pos = m.end()
         if m.group(1) == "$":
-            return "$"
+            out.append("$")
+            continue
         if m.group(1) == "{":
             raise RefSyntaxError("'${' without a closing '}'")
         body = m.group(2)
         name, sep, default = body.partition(":-")
         if not _NAME_RE.match(name):
-            raise RefSyntaxError(f"bad variable name in ${{{body}}}")
+            raise RefSyntaxError(f"bad variable name in ${{...}}: {shown(name)}")
         value = environ.get(name)
         if value is None or (sep and value == ""):
             if sep:
-                return default
-            if lenient:
-                return m.group(0)
-            raise RefSyntaxError(f"environment variable {name} is not set")
-        return value
+                out.append(default)
+            elif lenient:
+                out.append(m.group(0))
+                complete = False
+            else:
+                raise RefSyntaxError(f"environment variable {name} is not set")
+        else:
+            out.append(value)
+    out.append(literal(raw[pos:]))
+    return "".join(out), complete
 
+
+def _mask(text: str) -> str:
+    """`text` with every `${...}` and `$$` blanked out, so separators inside them are not seen."""
     if "$" not in text:
         return text
-    # A lone `$` not followed by `{` or `$` is kept as is.
-    return _VAR_RE.sub(sub, text)
+    return _VAR_RE.sub(lambda m: "$" * len(m.group(0)), text)
 
 
-def parse_key(fragment: str) -> tuple[str, ...]:
+def _split(raw: str, masked: str, sep: str) -> list[str]:
+    """Split `raw` on `sep` where `masked` (same length) has it, i.e. outside variables."""
+    parts, pos = [], 0
+    while True:
+        i = masked.find(sep, pos)
+        if i < 0:
+            parts.append(raw[pos:])
+            return parts
+        parts.append(raw[pos:i])
+        pos = i + len(sep)
+
+
+def _unescape_key(segment: str) -> str:
+    return segment.replace("~1", "/").replace("~0", "~")
+
+
+def parse_key(
+    fragment: str, environ: Mapping[str, str] | None = None, lenient: bool = False
+) -> tuple[tuple[str, ...], bool]:
+    """The key after `#`: one top-level key, or `/a/b` (a path of keys); and whether it is complete."""
     if fragment == "":
         raise RefSyntaxError("empty key after '#'")
     if not fragment.startswith("/"):
-        return (fragment,)
-    parts = fragment[1:].split("/")
-    if any(p == "" for p in parts):
-        raise RefSyntaxError(f"empty segment in key path '#{fragment}'")
-    return tuple(p.replace("~1", "/").replace("~0", "~") for p in parts)
+        key, complete = _expand(fragment, environ, lenient)
+        if key == "":
+            raise RefSyntaxError("empty key after '#'")
+        return (key,), complete
+    out, complete = [], True
+    masked = _mask(fragment) if environ is not None else fragment
+    for raw in _split(fragment[1:], masked[1:], "/"):
+        part, ok = _expand(raw, environ, lenient, _unescape_key)
+        if part == "":
+            raise RefSyntaxError("empty segment in the key path after '#'")
+        out.append(part)
+        complete = complete and ok
+    return tuple(out), complete
 
 
-def parse_query(query: str) -> tuple[tuple[str, str], ...]:
+def parse_query(
+    query: str, environ: Mapping[str, str] | None = None, lenient: bool = False
+) -> tuple[tuple[tuple[str, str], ...], bool]:
+    """`name=value&...`; names are literal, values may use variables."""
     if query == "":
         raise RefSyntaxError("empty query after '?'")
     seen: dict[str, str] = {}
-    for part in query.split("&"):
-        name, eq, value = part.partition("=")
-        if not eq or not name:
-            raise RefSyntaxError(f"query part '{part}' is not name=value")
-        name, value = unquote(name), unquote(value)
+    complete = True
+    masked = _mask(query) if environ is not None else query
+    pos = 0
+    for raw in _split(query, masked, "&"):
+        part_mask = masked[pos : pos + len(raw)]
+        pos += len(raw) + 1
+        eq = part_mask.find("=")
+        if eq <= 0:
+            raise RefSyntaxError(f"query part {shown(raw)} is not name=value")
+        raw_name, raw_value = raw[:eq], raw[eq + 1 :]
+        if "$" in raw_name and environ is not None:
+            raise RefSyntaxError("a query parameter name cannot use ${...} variables")
+        name = unquote(raw_name)
+        value, ok = _expand(raw_value, environ, lenient, unquote)
+        complete = complete and ok
         if name in seen:
-            raise RefSyntaxError(f"query parameter '{name}' given twice")
+            raise RefSyntaxError(f"query parameter {shown(name)} given twice")
         seen[name] = value
-    return tuple(sorted(seen.items()))
+    return tuple(sorted(seen.items())), complete
 
 
 def parse(text: str) -> Reference:
-    """Parse an already expanded reference."""
+    """Parse a reference taken literally: `$` is an ordinary character."""
+    ref = _parse(text, None, False)
+    assert ref is not None
+    return ref
+
+
+def expand_reference(text: str, environ: Mapping[str, str], *, lenient: bool = False) -> Reference | None:
+    """Parse a reference from the manifest, then expand `${VAR}` inside each part.
+
+    The structure (scheme, path, `?query`, `#key`) comes from the text as
+    written; a variable's value stays inside its part, so it can never add a
+    `#key`, a `?query` or a scheme. With `lenient`, an unset variable gives
+    None (after every syntax check), for offline checks.
+    """
+    return _parse(text, environ, lenient)
+
+
+def _parse(text: str, environ: Mapping[str, str] | None, lenient: bool) -> Reference | None:
     if not isinstance(text, str):
         raise RefSyntaxError("a reference must be a string")
-    if any(c in text for c in "\n\r\t\0"):
+    if _CONTROL_RE.search(text):
         raise RefSyntaxError("a reference cannot contain control characters or tabs")
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        raise RefSyntaxError("not a reference: expected SCHEME://PATH (e.g. vault://secret/app#password)")
+    masked = _mask(text) if environ is not None else text
+    i = masked.find("://")
+    if i < 0:
+        raise RefSyntaxError(
+            "not a reference: expected SCHEME://PATH (e.g. vault://secret/app#password); "
+            "a ${VAR} cannot supply the scheme"
+        )
+    scheme, rest, rest_mask = text[:i], text[i + 3 :], masked[i + 3 :]
+    if environ is not None and "$" in scheme:
+        raise RefSyntaxError("the scheme cannot use ${...} variables")
     if not SCHEME_RE.match(scheme):
-        raise RefSyntaxError(f"bad scheme '{scheme}'")
-    body, hash_, fragment = rest.partition("#")
-    path, qmark, query = body.partition("?")
+        raise RefSyntaxError(f"bad scheme {shown(scheme)}")
+    h = rest_mask.find("#")
+    body, body_mask = (rest[:h], rest_mask[:h]) if h >= 0 else (rest, rest_mask)
+    q = body_mask.find("?")
+    raw_path = body[:q] if q >= 0 else body
+    path, complete = _expand(raw_path, environ, lenient)
     if path.strip() == "":
         raise RefSyntaxError("empty path")
     if path != path.strip():
         raise RefSyntaxError("path has leading or trailing spaces")
-    return Reference(
-        scheme=scheme,
-        doc=DocKey(path, parse_query(query) if qmark else ()),
-        key=parse_key(fragment) if hash_ else None,
-        text=text,
-    )
+    query: tuple[tuple[str, str], ...] = ()
+    if q >= 0:
+        query, ok = parse_query(body[q + 1 :], environ, lenient)
+        complete = complete and ok
+    key = None
+    if h >= 0:
+        key, ok = parse_key(rest[h + 1 :], environ, lenient)
+        complete = complete and ok
+    if not complete:
+        return None
+    expanded = text if environ is None else _expand(text, environ, lenient)[0]  # for messages
+    if environ is not None and _CONTROL_RE.search(expanded):
+        raise RefSyntaxError("a variable in the reference holds control characters")
+    return Reference(scheme=scheme, doc=DocKey(path, query), key=key, text=expanded)

@@ -539,7 +539,7 @@ def test_retries_continue_until_the_deadline(tmp_path: Path) -> None:
     [
         ("a: &a [*a]\n", "1:4: recursive YAML alias"),
         ("version: 1\nsecrets: &s {y: *s}\n", "recursive YAML alias"),
-        ("version: 1\nproviders: {vault: {type: [1]}}\n", "unknown type [1]"),
+        ("version: 1\nproviders: {vault: {type: [1]}}\n", "unknown type a list"),
         ("version: true\n", "'version: 1' is required"),
         ('version: 1\nsecrets: {a: "env://${X"}\n', "'${' without a closing '}'"),
         (
