@@ -9,6 +9,11 @@
   so `healthcheck` never reports a mix of old and new files as complete.
 - Every path step is opened relative to a directory descriptor with
   O_NOFOLLOW, so a planted symlink cannot redirect a write.
+- Temp files have a fixed-length name not derived from the dest
+  (`.initfetch-tmp-` + 24 hex digits), so any name up to NAME_MAX can be written.
+  Temp files a killed run left behind hold full values: they are swept, but only
+  after the new render is in place, and only regular files matching that exact
+  pattern and owned by our effective uid (the manifest cannot name such a dest).
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from initfetch.errors import NotReady, Problem, WriteFailed
-from initfetch.manifest import MARKER_NAME, Output
+from initfetch.errors import NotReady, Problem, WriteFailed, shown
+from initfetch.manifest import LEGACY_TEMP_RE, MARKER_NAME, PATH_MAX, TEMP_PREFIX, TEMP_RE, Output
 
 MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -74,11 +79,23 @@ def check_target(out_dir: Path, allow_disk: bool, outputs: Sequence[Output] = ()
             )
         )
     problems: list[Problem] = []
+    base = len(os.fsencode(os.path.abspath(out_dir)))
     for out in outputs:
         try:
             _owner_ids(out)
         except WriteFailed as e:
             problems.extend(e.problems)
+        # Written relative to directory descriptors, a longer path would work, and then
+        # nothing else (healthcheck, the application) could open it.
+        length = base + 1 + len(out.dest.encode("utf-8", "surrogateescape"))
+        if length >= PATH_MAX:
+            problems.append(
+                Problem(
+                    out.loc,
+                    f"the output directory and this dest make a {length}-byte path; "
+                    f"the limit is {PATH_MAX - 1} (PATH_MAX)",
+                )
+            )
     if problems:
         raise WriteFailed(problems)
 
@@ -92,7 +109,7 @@ def _owner_ids(out: Output) -> tuple[int, int]:
         try:
             return int(by_name(value)[2])
         except KeyError:
-            raise WriteFailed(Problem(out.loc, f"unknown {kind} '{value}' for {out.dest}")) from None
+            raise WriteFailed(Problem(out.loc, f"unknown {kind} {shown(value)} for this dest")) from None
 
     return lookup(out.owner, pwd.getpwnam, "user"), lookup(out.group, grp.getgrnam, "group")
 
@@ -156,6 +173,13 @@ def write_all(
             raise WriteFailed(
                 Problem(str(out_dir), f"cannot put the rendered files in place: {_reason(e)}")
             ) from None
+        # Only now, with the new render committed: a failing render must not delete anything.
+        swept: set[int] = set()
+        for item in staged:
+            if item.dir_fd not in swept:
+                swept.add(item.dir_fd)
+                names = {i.name for i in staged if i.dir_fd == item.dir_fd}
+                _sweep(item.dir_fd, names)
     finally:
         for item in staged:
             if item.tmp:
@@ -198,8 +222,7 @@ def _stage(root: int, dest: str, data: bytes, mode: int, uid: int, gid: int) -> 
                 os.close(fd)
             fd = nxt
         _check_replaceable(fd, name)
-        _sweep(fd, name)
-        tmp = f".{name}.initfetch-{_random.token_hex(6)}"
+        tmp = TEMP_PREFIX + _random.token_hex(12)
         tfd = os.open(
             tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd
         )
@@ -233,15 +256,28 @@ def _check_replaceable(dir_fd: int, name: str) -> None:
         raise IsADirectoryError(errno.EISDIR, "a directory is in the way")
 
 
-def _sweep(dir_fd: int, name: str) -> None:
-    """Remove temp files of ours that a killed run left behind: they hold full values."""
-    prefix = f".{name}.initfetch-"
-    for entry in os.listdir(dir_fd):
-        if entry.startswith(prefix):
-            try:
+def _sweep(dir_fd: int, names: set[str]) -> None:
+    """Remove temp files a killed run left behind (they hold full values), if provably ours.
+
+    Ours: a regular file, owned by our effective uid, named like our temp files
+    (or like those of earlier versions for a name written here). Best effort:
+    the render is already complete.
+    """
+    legacy = {f".{n}.initfetch-" for n in names}
+    euid = os.geteuid()
+    try:
+        entries = os.listdir(dir_fd)
+    except OSError:
+        return
+    for entry in entries:
+        if not (TEMP_RE.match(entry) or (LEGACY_TEMP_RE.match(entry) and entry[:-12] in legacy)):
+            continue
+        try:
+            st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == euid:
                 os.unlink(entry, dir_fd=dir_fd)
-            except FileNotFoundError:
-                pass
+        except OSError:
+            pass
 
 
 def marker_body(resolved: Mapping[str, Any], files: list[str], env: list[str]) -> dict[str, Any]:
@@ -256,7 +292,11 @@ def marker_body(resolved: Mapping[str, Any], files: list[str], env: list[str]) -
 
 
 def healthcheck(out_dir: Path) -> dict[str, Any]:
-    """Raise NotReady unless a complete render is in place; return the marker."""
+    """Raise NotReady unless a complete render is in place; return the marker.
+
+    Any marker, however damaged, and any path, however long, is "not ready" with a
+    reason, never an OSError.
+    """
     path = out_dir / MARKER_NAME
     try:
         marker = json.loads(path.read_text(encoding="utf-8"))
@@ -264,7 +304,18 @@ def healthcheck(out_dir: Path) -> dict[str, Any]:
         raise NotReady(Problem(str(out_dir), "no completed render yet")) from None
     except (OSError, ValueError) as e:
         raise NotReady(Problem(str(path), f"unreadable completion marker: {type(e).__name__}")) from None
-    missing = [f for f in marker.get("files", []) if not (out_dir / f).is_file()]
+    files = marker.get("files", []) if isinstance(marker, dict) else None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise NotReady(Problem(str(path), "unreadable completion marker: not what initfetch writes"))
+    missing = [f for f in files if not _is_file(out_dir, f)]
     if missing:
-        raise NotReady(Problem(str(out_dir), f"rendered files are missing: {', '.join(missing)}"))
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise NotReady(Problem(str(out_dir), f"rendered files are missing: {shown(missing[0])}{more}"))
     return dict(marker)
+
+
+def _is_file(out_dir: Path, name: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(out_dir / name).st_mode)
+    except (OSError, ValueError):  # not there, a name too long, a NUL
+        return False

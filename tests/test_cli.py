@@ -559,12 +559,15 @@ def test_directory_in_the_way_replaces_nothing_and_stale_temps_are_swept(tmp_pat
     out = rendered_once(tmp_path, "a1", "z9")
     (out / "z9").unlink()
     (out / "z9").mkdir()
-    stale = out / ".a1.initfetch-0123456789ab"  # what a SIGKILLed run leaves behind
+    stale = out / ".initfetch-tmp-0123456789abcdef01234567"  # what a SIGKILLed run leaves behind
     stale.write_text("old secret value")
     r = render_value(tmp_path, "new")
     assert r.returncode == 5 and "z9: cannot write: a directory is in the way" in r.stderr
     assert (out / "a1").read_text() == "old"
     assert (out / ".initfetch-ready.json").exists()
+    assert stale.exists()  # a failing render deletes nothing; the next complete one sweeps
+    (out / "z9").rmdir()
+    assert render_value(tmp_path, "new").returncode == 0
     assert not stale.exists()
     assert not [
         p.name for p in out.iterdir() if ".initfetch-" in p.name and p.name != ".initfetch-ready.json"
