@@ -1,0 +1,440 @@
+"""Watch mode: keep a render current. One more stage on top of resolve -> render -> write.
+
+The schedule (initfetch.schedule) says what is due; a refresh re-resolves only
+the documents that are due, through the same resolver (one read per document,
+batching, retries and the deadline of a first render), re-renders everything
+in memory, and writes only the files whose bytes changed (each atomically, then
+the completion marker). An unchanged result writes nothing and notifies no one.
+
+Dynamic secrets follow their lease (renewed at about two thirds of the TTL,
+replaced ahead of expiry when they cannot be extended); the Vault token is
+renewed the same way, or replaced by a new login. A replaced lease is revoked
+only after the application was told and `on_change.revoke_grace` has passed.
+A failed refresh keeps the last good render and is retried with backoff; the
+status file (initfetch.watch_status) lets `healthcheck --max-stale` see it.
+Log lines name secrets, references, classes and versions, never values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from initfetch import schedule as sched
+from initfetch import watch_status, writer
+from initfetch.errors import InitfetchError, SecretError
+from initfetch.manifest import MARKER_NAME, Manifest
+from initfetch.providers.base import FetchContext, Lease, Provider
+from initfetch.redact import Redactor
+from initfetch.reference import DocKey
+from initfetch.render import Rendered, render
+from initfetch.resolver import Resolution, Resolved, Resolver
+from initfetch.watch_config import WatchConfig
+
+if TYPE_CHECKING:
+    from initfetch.providers.vault import VaultProvider
+
+log = logging.getLogger("initfetch.watch")
+
+
+@dataclass(frozen=True)
+class Doc:
+    """One document of one provider instance: the unit that is read, renewed or replaced."""
+
+    instance: str
+    doc: DocKey
+
+
+@dataclass(frozen=True)
+class Token:
+    """The login token of one Vault instance."""
+
+    instance: str
+
+
+@dataclass
+class Change:
+    """What one refresh changed; names only."""
+
+    secrets: list[str]
+    files: list[str]
+    env: list[str]
+    rendered: Rendered
+
+
+@dataclass
+class _Revoke:
+    at: float
+    instance: str
+    lease_id: str
+
+
+@dataclass
+class Watcher:
+    manifest: Manifest
+    environ: Mapping[str, str]
+    redactor: Redactor
+    config: WatchConfig
+    instances: dict[str, Provider]  # shared with the first render's resolver: logged in already
+    resolution: Resolution
+    rendered: Rendered
+    notify: Callable[[Change], None]
+    out_dir: Path | None = None  # None: nothing is written (exec without files)
+    allow_disk: bool = False
+    timeout: float = 60.0
+    concurrency: int = 16
+    clock: Callable[[], float] = time.monotonic
+    schedule: sched.Schedule = field(default_factory=sched.Schedule)
+    cycles: int = 0
+
+    def __post_init__(self) -> None:
+        self.values: dict[str, Any] = dict(self.resolution.values)
+        self.info: dict[str, Resolved] = dict(self.resolution.info)
+        self.docs: dict[Doc, list[str]] = {}
+        for spec in self.manifest.secrets.values():
+            if spec.ref is not None:
+                self.docs.setdefault(Doc(spec.ref.scheme, spec.ref.doc), []).append(spec.name)
+        self.leases: dict[Doc | Token, Lease] = {}
+        self.revokes: list[_Revoke] = []
+        self.expired: set[str] = set()
+        self._previous: dict[str, Any] = {}  # the value before the current one, still masked
+        self._plan(self.clock())
+
+    # --- planning ---
+
+    def _plan(self, now: float) -> None:
+        for key, names in self.docs.items():
+            lease = self._lease_of(names)
+            if lease is not None and lease.duration > 0:
+                self.leases[key] = lease
+                self.schedule.lease(key, lease.duration, lease.renewable, now)
+                continue
+            conf = self.manifest.providers[key.instance]
+            intervals = [self.config.refresh_for(n, key.instance, conf.type) for n in names]
+            interval = min((i for i in intervals if i is not None), default=None)
+            if interval is not None:
+                self.schedule.poll(key, interval, now)
+        for name, inst in self.instances.items():
+            if inst.type_name == "vault" and any(k.instance == name for k in self.docs):
+                self._plan_token(name, now)
+
+    def _plan_token(self, instance: str, now: float) -> None:
+        from initfetch.providers import vault_leases
+
+        try:
+            lease = vault_leases.token(self._vault(instance), self._ctx())
+        except SecretError as e:
+            log.warning("cannot look up the Vault token of %s (%s): it is not renewed", instance, e.kind)
+            return
+        if lease is not None:
+            self.leases[Token(instance)] = lease
+            self.schedule.lease(Token(instance), lease.duration, lease.renewable, now)
+
+    def _lease_of(self, names: Iterable[str]) -> Lease | None:
+        for name in names:
+            info = self.info.get(name)
+            if info is not None and info.lease is not None:
+                return info.lease
+        return None
+
+    # --- running ---
+
+    def run(self, stop: threading.Event) -> None:
+        """Refresh until `stop` is set."""
+        while not stop.is_set():
+            wake = [t for t in (self.schedule.next_at(), self._next_revoke()) if t is not None]
+            if wake:
+                stop.wait(max(0.0, min(wake) - self.clock()))
+            else:
+                stop.wait()
+            if not stop.is_set():
+                self.cycle()
+
+    def cycle(self) -> None:
+        """Do everything that is due now."""
+        now = self.clock()
+        self.cycles += 1
+        reads: set[Doc] = set()
+        for entry in self.schedule.due(now):
+            key = entry.key
+            if isinstance(key, Token):
+                reads |= self._token(key, entry.action, now)
+            elif isinstance(key, Doc):
+                if entry.action == sched.RENEW and self._renew(key, now):
+                    continue
+                reads.add(key)
+        if reads:
+            self.refresh(reads, self.clock())
+        self._revoke_due(self.clock())
+        self._status(self.clock())
+
+    def _ctx(self) -> FetchContext:
+        return FetchContext(time.monotonic() + self.timeout)
+
+    # --- leases and tokens ---
+
+    def _renew(self, key: Doc, now: float) -> bool:
+        """Renew a dynamic secret's lease; False when it must be replaced instead."""
+        from initfetch.providers import vault_leases
+
+        lease = self.leases[key]
+        try:
+            granted = vault_leases.renew(self._vault(key.instance), lease, self._ctx())
+        except SecretError as e:
+            if e.transient:
+                log.warning("renewing the lease of %s failed (%s); retrying", self._refs(key), e.kind)
+                self.schedule.failed(key, now)
+                return True
+            log.info("the lease of %s cannot be renewed (%s); replacing it", self._refs(key), e.kind)
+            return False
+        entry = self.schedule.renewed(key, granted.duration, now)
+        self.leases[key] = Lease(
+            lease.id, lease.duration, granted.renewable
+        )  # renewals ask for the first TTL
+        log.info(
+            "renewed the lease of %s for %ds%s",
+            self._refs(key),
+            granted.duration,
+            "; it reached its max TTL and will be replaced" if entry.action == sched.REPLACE else "",
+        )
+        return True
+
+    def _token(self, key: Token, action: str, now: float) -> set[Doc]:
+        """Renew the login token, or log in again; a new login replaces every lease of the old token."""
+        from initfetch.providers import vault_leases
+
+        lease = self.leases[key]
+        try:
+            if action == sched.RENEW:
+                granted = vault_leases.renew_token(
+                    self._vault(key.instance), int(lease.duration), self._ctx()
+                )
+                self.schedule.renewed(key, granted.duration, now)
+                log.info("renewed the Vault token of %s for %ds", key.instance, granted.duration)
+                return set()
+            if not vault_leases.can_login_again(self._vault(key.instance)):
+                log.warning(
+                    "the Vault token of %s cannot be renewed further and was given as a token: "
+                    "it expires in %.0fs",
+                    key.instance,
+                    max(0.0, (self.schedule.entries[key].expires_at or now) - now),
+                )
+                self.schedule.remove(key)
+                return set()
+            new = vault_leases.login_again(self._vault(key.instance), self._ctx())
+        except SecretError as e:
+            if action == sched.RENEW and not e.transient:
+                log.info(
+                    "the Vault token of %s cannot be renewed (%s); logging in again", key.instance, e.kind
+                )
+                self.schedule.refused(key, now)
+            else:
+                log.warning("the Vault token of %s: %s failed (%s); retrying", key.instance, action, e.kind)
+                self.schedule.failed(key, now)
+            return set()
+        log.info("logged in to Vault again for %s", key.instance)
+        if new is None:
+            self.schedule.remove(key)
+        else:
+            self.leases[key] = new
+            self.schedule.lease(key, new.duration, new.renewable, now)
+        # Leases belong to the token that created them and die with it: read them anew.
+        return {k for k in self.docs if k.instance == key.instance and k in self.leases}
+
+    def _revoke_due(self, now: float, everything: bool = False) -> None:
+        from initfetch.providers import vault_leases
+
+        keep = []
+        for item in self.revokes:
+            if not everything and item.at > now:
+                keep.append(item)
+                continue
+            try:
+                vault_leases.revoke(self._vault(item.instance), item.lease_id, self._ctx())
+                log.info("revoked the replaced lease %s", item.lease_id)
+            except SecretError as e:
+                log.warning("revoking lease %s failed (%s); it ends at its TTL", item.lease_id, e.kind)
+        self.revokes = keep
+
+    def _next_revoke(self) -> float | None:
+        return min((r.at for r in self.revokes), default=None)
+
+    # --- refresh: resolve the subset, render, diff, write, notify ---
+
+    def resolve(self, names: Iterable[str]) -> Resolution:
+        """The core resolver on a subset of the manifest, sharing the logged-in provider instances."""
+        wanted = set(names)
+        subset = dataclasses.replace(
+            self.manifest, secrets={n: s for n, s in self.manifest.secrets.items() if n in wanted}
+        )
+        resolver = Resolver(
+            subset, self.environ, self.redactor, timeout=self.timeout, concurrency=self.concurrency
+        )
+        resolver.instances = self.instances  # shared, never closed here
+        return resolver.resolve()
+
+    def refresh(self, keys: set[Doc], now: float) -> bool:
+        """Re-read `keys`; on success write what changed and notify. Returns whether it succeeded."""
+        names = sorted({n for k in keys for n in self.docs[k]})
+        try:
+            resolution = self.resolve(names)
+            values = {k: v for k, v in self.values.items() if k not in names}
+            values.update(resolution.values)
+            info = {**self.info, **resolution.info}
+            meta = {name: r.meta() for name, r in info.items()}
+            rendered = render(self.manifest, values, meta, self.redactor)
+            files = {d: b for d, b in rendered.files.items() if self.rendered.files.get(d) != b}
+            if files and self.out_dir is not None:
+                writer.write_all(
+                    self.out_dir,
+                    files,
+                    self.manifest.outputs,
+                    _marker(info, rendered),
+                    allow_disk=self.allow_disk,
+                )
+        except InitfetchError as e:
+            self._failed(keys, e, now)
+            return False
+        env = sorted(
+            n
+            for n in set(rendered.env) | set(self.rendered.env)
+            if rendered.env.get(n) != self.rendered.env.get(n)
+        )
+        changed = [n for n in names if values.get(n) != self.values.get(n)]
+        for name in changed:
+            old, new = self.info.get(name), info[name]
+            log.info(
+                "secret %s changed: %s (version %s -> %s)",
+                name,
+                new.ref,
+                (old.version if old else None) or "-",
+                new.version or "-",
+            )
+            self._remember(name, self.values.get(name))
+        replaced = self._reschedule(keys, info, now)
+        self.values, self.info, self.rendered = values, info, rendered
+        for key in keys:
+            for name in self.docs[key]:
+                self.expired.discard(name)
+        if files or env:
+            if files:
+                log.info("rewrote %d changed file(s): %s", len(files), ", ".join(sorted(files)))
+            self.notify(Change(changed, sorted(files), env, rendered))
+        # Only now, after the application was told, may the old credentials go (after the grace).
+        at = self.clock() + self.config.on_change.revoke_grace
+        self.revokes.extend(_Revoke(at, k.instance, lease.id) for k, lease in replaced)
+        return True
+
+    def _reschedule(
+        self, keys: set[Doc], info: Mapping[str, Resolved], now: float
+    ) -> list[tuple[Doc, Lease]]:
+        """Schedule the next read or renewal of each refreshed document; returns leases replaced."""
+        replaced = []
+        for key in keys:
+            lease = None
+            for name in self.docs[key]:
+                if info[name].lease is not None:
+                    lease = info[name].lease
+            old = self.leases.get(key)
+            if lease is not None and lease.duration > 0:
+                if old is not None and old.id != lease.id:
+                    replaced.append((key, old))
+                self.leases[key] = lease
+                self.schedule.lease(key, lease.duration, lease.renewable, now)
+            else:
+                entry = self.schedule.entries[key]
+                self.schedule.poll(key, entry.interval or sched.BACKOFF_MAX, now)
+        return replaced
+
+    def _failed(self, keys: set[Doc], e: InitfetchError, now: float) -> None:
+        for problem in e.problems:
+            log.warning("refresh failed, keeping the last good render: %s", problem)
+        for key in keys:
+            self.schedule.failed(key, now)
+
+    def _remember(self, name: str, old: Any) -> None:
+        """Keep masking the value just replaced (it may still be in flight), forget the one before."""
+        forget = getattr(self.redactor, "forget", None)
+        if name in self._previous and callable(forget):
+            forget(self._previous[name])
+        self._previous[name] = old
+
+    def _vault(self, instance: str) -> VaultProvider:
+        return cast("VaultProvider", self.instances[instance])
+
+    def _refs(self, key: Doc) -> str:
+        return f"{key.instance}://{key.doc}"
+
+    # --- status and exit ---
+
+    def _status(self, now: float) -> None:
+        for entry in self.schedule.expired(now):
+            if isinstance(entry.key, Doc):
+                new = set(self.docs[entry.key]) - self.expired
+                if new:
+                    log.error(
+                        "the lease of %s expired before it could be renewed or replaced",
+                        self._refs(entry.key),
+                    )
+                self.expired |= new
+        if self.out_dir is None:
+            return
+        since = self.schedule.stale_since()
+        failing = [
+            self._refs(e.key) if isinstance(e.key, Doc) else f"{e.key.instance} token"  # type: ignore[attr-defined]
+            for e in self.schedule.entries.values()
+            if e.failures
+        ]
+        wall_since = None if since is None else time.time() - (now - since)
+        try:
+            watch_status.write(self.out_dir, watch_status.body(wall_since, sorted(self.expired), failing))
+        except OSError as e:
+            log.warning("cannot write the watch status file: %s", e.strerror or type(e).__name__)
+
+    def finish(self, *, revoke: bool, wipe: bool) -> None:
+        """On exit: revoke replaced leases still in their grace (the application is gone),
+        optionally every lease initfetch holds, and optionally the rendered files."""
+        if revoke:
+            self.revokes.extend(
+                _Revoke(0.0, k.instance, lease.id) for k, lease in self.leases.items() if isinstance(k, Doc)
+            )
+        self._revoke_due(self.clock(), everything=True)
+        if wipe and self.out_dir is not None:
+            wipe_files(self.out_dir, self.rendered.files)
+
+
+def wipe_files(out_dir: Path, files: Iterable[str]) -> None:
+    """Remove the marker, the status file and the rendered files, never through a symlink."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    for dest in [MARKER_NAME, watch_status.STATUS_NAME, *files]:
+        *dirs, name = dest.split("/")
+        fds: list[int] = []
+        try:
+            fds.append(os.open(out_dir, flags))
+            for part in dirs:
+                fds.append(os.open(part, flags, dir_fd=fds[-1]))
+            os.unlink(name, dir_fd=fds[-1])
+        except OSError:
+            pass
+        finally:
+            for fd in fds:
+                os.close(fd)
+    log.info("removed the rendered files from %s", out_dir)
+
+
+def _marker(info: Mapping[str, Resolved], rendered: Rendered) -> dict[str, Any]:
+    return writer.marker_body(
+        {
+            name: {"ref": r.ref, "provider": r.provider, "version": r.version, "outcome": r.outcome}
+            for name, r in info.items()
+        },
+        list(rendered.files),
+        list(rendered.env),
+    )

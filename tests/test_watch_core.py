@@ -1,0 +1,191 @@
+"""The watcher over local providers: what a refresh writes, signals and keeps."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from initfetch import watch_status, writer
+from initfetch.errors import NotReady
+from initfetch.watch_config import WatchConfig
+from tests.helpers import CANARY, CANARY2, assert_no_canary, write
+from tests.watch_helpers import Clock, start_watcher, wait_until
+
+MANIFEST = """\
+version: 1
+secrets:
+  a: file://src/a
+  b: file://src/b
+templates:
+  - src: both.j2
+    dest: conf/both.txt
+files:
+  - {secret: a, dest: a.txt}
+  - {secret: b, dest: b.txt}
+env:
+  A: "{{ secrets.a }}"
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    write(tmp_path / "src/a", "a-v1")
+    write(tmp_path / "src/b", "b-v1")
+    write(tmp_path / "both.j2", "{{ secrets.b }}\n")
+    return tmp_path
+
+
+def fingerprint(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+def config(seconds: float = 10) -> WatchConfig:
+    return WatchConfig(providers={"file": seconds})
+
+
+def test_nothing_is_due_before_the_interval(project: Path) -> None:
+    clock = Clock()
+    watcher, _ = start_watcher(project, MANIFEST, {}, config(10), clock=clock)
+    write(project / "src/a", "a-v2")
+    clock.advance(5)
+    watcher.cycle()
+    assert (project / "out/a.txt").read_text() == "a-v1"
+
+
+def test_unchanged_secret_writes_nothing_and_notifies_no_one(project: Path) -> None:
+    clock = Clock()
+    watcher, changes = start_watcher(project, MANIFEST, {}, config(10), clock=clock)
+    out = project / "out"
+    before = {p: fingerprint(out / p) for p in ("a.txt", "b.txt", "conf/both.txt", ".initfetch-ready.json")}
+    due_before = watcher.schedule.next_at()
+    for _ in range(3):
+        clock.advance(12)
+        watcher.cycle()
+    assert watcher.schedule.next_at() > due_before  # the secrets were read again
+    assert {p: fingerprint(out / p) for p in before} == before
+    assert changes == []
+
+
+def test_only_the_changed_files_are_rewritten(project: Path) -> None:
+    clock = Clock()
+    watcher, changes = start_watcher(project, MANIFEST, {}, config(10), clock=clock)
+    out = project / "out"
+    b_files = {p: fingerprint(out / p) for p in ("b.txt", "conf/both.txt")}
+    write(project / "src/a", "a-v2")
+    clock.advance(12)
+    watcher.cycle()
+    assert (out / "a.txt").read_text() == "a-v2"
+    assert {p: fingerprint(out / p) for p in b_files} == b_files
+    assert len(changes) == 1
+    assert (changes[0].secrets, changes[0].files, changes[0].env) == (["a"], ["a.txt"], ["A"])
+    assert changes[0].rendered.env["A"] == "a-v2"
+    assert writer.healthcheck(out)["files"] == ["a.txt", "b.txt", "conf/both.txt"]
+
+
+def test_a_failed_refresh_keeps_the_last_good_render_and_recovers(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    watcher, changes = start_watcher(project, MANIFEST, {}, config(10), clock=clock)
+    out = project / "out"
+    files = {p: fingerprint(out / p) for p in ("a.txt", "b.txt", "conf/both.txt")}
+    os.rename(project / "src/a", project / "src/a.away")
+    caplog.set_level(logging.INFO, "initfetch")
+    clock.advance(12)
+    watcher.cycle()
+    assert {p: fingerprint(out / p) for p in files} == files and changes == []
+    assert any(
+        "keeping the last good render" in r.getMessage() and "not-found" in r.getMessage()
+        for r in caplog.records
+    )
+    marker = writer.healthcheck(out)
+    watch_status.check(out, marker, max_stale=60)  # failing, but not for long yet
+    wall = time.time()
+    with pytest.raises(NotReady, match="stale"):
+        watch_status.check(out, marker, max_stale=60, now=wall + 120)
+    # Retried with backoff, not at the next interval; healthy again once it succeeds.
+    os.rename(project / "src/a.away", project / "src/a")
+    clock.advance(2)
+    watcher.cycle()
+    watch_status.check(out, marker, max_stale=60, now=wall + 120)
+    assert {p: fingerprint(out / p) for p in files} == files and changes == []
+
+
+def test_a_template_that_stops_rendering_keeps_the_last_good_render(project: Path) -> None:
+    clock = Clock()
+    manifest = MANIFEST.replace("file://src/b", "file://src/b.json#key").replace("both.j2", "key.j2")
+    write(project / "src/b.json", '{"key": "k1"}')
+    write(project / "key.j2", "{{ secrets.b }}")
+    watcher, changes = start_watcher(project, manifest, {}, config(10), clock=clock)
+    write(project / "src/b.json", '{"other": "k2"}')  # the key is gone: missing-key
+    clock.advance(12)
+    watcher.cycle()
+    assert (project / "out/b.txt").read_text() == "k1" and changes == []
+
+
+def test_values_never_reach_the_log(project: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write(project / "src/a", CANARY)
+    clock = Clock()
+    caplog.set_level(logging.DEBUG)
+    watcher, changes = start_watcher(project, MANIFEST, {}, config(10), clock=clock)
+    write(project / "src/a", CANARY2)
+    clock.advance(12)
+    watcher.cycle()
+    assert changes and (project / "out/a.txt").read_text() == CANARY2
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "secret a changed: file://src/a" in text
+    assert_no_canary(text, (project / "out/.initfetch-ready.json").read_text())
+    assert_no_canary((project / "out" / watch_status.STATUS_NAME).read_text())
+
+
+def test_the_loop_rerenders_within_one_interval(project: Path) -> None:
+    watcher, changes = start_watcher(project, MANIFEST, {}, config(0.2))
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        write(project / "src/b", "b-v2")
+        wait_until(lambda: (project / "out/conf/both.txt").read_text() == "b-v2\n", what="the re-render")
+        wait_until(lambda: len(changes) == 1, what="the notification")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_env_provider_is_not_polled(tmp_path: Path) -> None:
+    watcher, _ = start_watcher(tmp_path, "version: 1\nsecrets:\n  s: env://S\n", {"S": "x"})
+    assert watcher.schedule.next_at() is None
+
+
+def test_threads_and_memory_stay_flat_over_thousands_of_cycles(project: Path) -> None:
+    clock = Clock()
+    watcher, changes = start_watcher(project, MANIFEST, {}, config(1), clock=clock)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            clock.advance(2)
+            watcher.cycle()
+
+    run(200)  # warm up caches (Jinja templates, imports)
+    gc.collect()
+    threads = threading.active_count()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.take_snapshot()
+        run(2000)
+        gc.collect()
+        grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(base, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert watcher.cycles == 2200 and changes == []
+    assert threading.active_count() == threads
+    assert grown < 512 * 1024, f"memory grew by {grown} bytes over 2000 refresh cycles"
