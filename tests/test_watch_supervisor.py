@@ -1,0 +1,106 @@
+"""execute.Supervisor: the watcher signals or restarts the child; SIGTERM stops it gracefully."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from initfetch.execute import Supervisor
+from tests.helpers import write
+from tests.watch_helpers import wait_until
+
+CHILD = r"""
+import os, signal, sys, time
+log = sys.argv[1]
+def note(text):
+    with open(log, "a") as f:
+        f.write(f"{text} {os.getpid()} {os.environ.get('VAL', '-')}\n")
+def on_hup(signum, frame):
+    note("HUP")
+def on_term(signum, frame):
+    note("TERM")
+    if os.environ.get("IGNORE_TERM") != "1":
+        sys.exit(42)
+signal.signal(signal.SIGHUP, on_hup)
+signal.signal(signal.SIGTERM, on_term)
+note("START")
+while True:
+    time.sleep(0.05)
+"""
+
+
+def lines(log: Path) -> list[list[str]]:
+    return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def supervise_with(sup: Supervisor, script: Callable[[], None]) -> tuple[int, list[BaseException]]:
+    """Run the supervisor in this (main) thread while `script` drives it from another thread."""
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            script()
+        except BaseException as e:  # reported by the test, after the supervisor returned
+            errors.append(e)
+            if sup.pid:
+                os.kill(sup.pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=drive, daemon=True)
+    thread.start()
+    code = sup.run()
+    thread.join(30)
+    return code, errors
+
+
+def test_signal_then_restart_with_new_env_then_graceful_stop(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    child = write(tmp_path / "child.py", CHILD)
+    sup = Supervisor([sys.executable, str(child), str(log)], {"VAL": "one", "PATH": os.environ["PATH"]})
+
+    def script() -> None:
+        wait_until(lambda: [x[0] for x in lines(log)] == ["START"], what="the first child")
+        first = lines(log)[0][1]
+        assert sup.send(signal.SIGHUP)
+        wait_until(lambda: ["HUP", first, "one"] in lines(log), what="SIGHUP in the child")
+        sup.restart({"VAL": "two", "PATH": os.environ["PATH"]}, grace=30)
+        wait_until(lambda: lines(log)[-1][0] == "START" and lines(log)[-1][2] == "two", what="the restart")
+        assert ["TERM", first, "one"] in lines(log)  # the old child was asked to stop first
+        os.kill(os.getpid(), signal.SIGTERM)  # what `docker stop` sends initfetch
+
+    code, errors = supervise_with(sup, script)
+    assert not errors, errors
+    assert code == 42  # the last child's own exit code, mirrored
+    assert sup.restarts == 1
+    starts = [x for x in lines(log) if x[0] == "START"]
+    assert [x[2] for x in starts] == ["one", "two"] and starts[0][1] != starts[1][1]
+
+
+def test_restart_kills_a_child_that_ignores_sigterm_after_the_grace(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    child = write(tmp_path / "child.py", CHILD)
+    env = {"VAL": "one", "IGNORE_TERM": "1", "PATH": os.environ["PATH"]}
+    sup = Supervisor([sys.executable, str(child), str(log)], env, stop_grace=0.5)
+
+    def script() -> None:
+        wait_until(lambda: lines(log), what="the first child")
+        sup.restart({**env, "VAL": "two"}, grace=0.5)
+        wait_until(lambda: lines(log)[-1][:1] == ["START"] and lines(log)[-1][2] == "two", what="the restart")
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored by the child too: SIGKILL after stop_grace
+
+    code, errors = supervise_with(sup, script)
+    assert not errors, errors
+    assert code == 128 + signal.SIGKILL
+    assert [x[0] for x in lines(log)] == ["START", "TERM", "START", "TERM"]
+
+
+def test_child_exit_ends_the_run_with_its_code(tmp_path: Path) -> None:
+    sup = Supervisor(["sh", "-c", "exit 7"], {"PATH": os.environ["PATH"]})
+    assert sup.run() == 7
+
+
+def test_missing_command_is_127(tmp_path: Path) -> None:
+    assert Supervisor(["/nonexistent/app"], {}).run() == 127
