@@ -1,207 +1,561 @@
-"""Benchmark: initfetch against baselines, side by side in one run, as ratios.
+"""`make bench`: initfetch against OpenBao Agent and the sequential SDK script, whole processes.
 
-Scenarios (each a whole process, interpreter start included, median of N runs):
-1. vault: 40 KV v2 secrets, 80 references (user + password of each), from a real
-   OpenBao behind a proxy adding DELAY_MS per request. Baseline: a sequential
-   script that reads once per reference with hvac (what a hand-written fetch
-   script, or a sequential resolver without a document cache, does).
-2. aws: 40 Secrets Manager secrets (80 references) on moto behind the same
-   proxy. Baseline: sequential GetSecretValue per reference with boto3.
-3. startup: a file/env-only render. Baseline: the same run with every SDK
-   imported up front (what an eager provider registry costs).
+Every backend is real or faithful and sits behind bench/latency_proxy.py, which
+adds DELAY ms (default 20) to every request and counts requests per backend.
+Contenders run interleaved, run by run, in rotating order; each figure is the
+median of RUNS whole-process runs (interpreter start included) with its min-max.
 
-Run: `make bench` (or `.venv/bin/python bench/run.py [--runs N] [--delay-ms D]`).
+Scenarios:
+- vault-N (N = 20, 100, 300, 1000): one template over N KV v2 secrets of two
+  keys each, one file. initfetch, `bao agent` (token_file auto-auth,
+  exit_after_auth, one template stanza: the same file) and the sequential hvac
+  script.
+- mixed-N (N = 60, 300): a third each on Vault, AWS Secrets Manager and Azure
+  Key Vault. initfetch and the sequential hvac/boto3/SecretClient script.
+- large: 40 secrets of 32 KB (certificate bundles) on Vault: all three.
+- fleet: P (50) initfetch processes started at once against one OpenBao with a
+  rate-limit quota; time to the last one, 429s, failures.
+- imports: which SDKs a Vault-only and a file-only run import.
+
+For each: wall time, requests per backend, peak RSS, and the floor: interpreter
++ the imports the run needs (yaml, jinja2, the SDKs of its backends) + the
+fewest round trips initfetch's concurrency allows, each costing DELAY.
+
+Results: bench/results/results.md, results.json and results.png.
+`--quick` (small N, 3 runs) is for development.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import math
 import os
-import statistics
+import platform
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-from bench.latency_proxy import LatencyProxy  # noqa: E402
-from tests.backends.moto_server import aws_client, start_moto  # noqa: E402
-from tests.backends.openbao import start_openbao  # noqa: E402
+from bench import report  # noqa: E402
+from bench.backends import ROUTE_BACKEND, Backends, agent_binary  # noqa: E402
+from bench.measure import Run, Spawned, run_once, summary  # noqa: E402
+from bench.workloads import (  # noqa: E402
+    Workload,
+    agent_files,
+    initfetch_files,
+    large_workload,
+    mixed_workload,
+    sequential_spec,
+    vault_workload,
+)
 
-N_SECRETS = 40
+PY = str(Path(sys.executable))
+VENV_BIN = Path(sys.executable).parent
+INITFETCH = str(VENV_BIN / "initfetch")
+RESULTS = REPO / "bench" / "results"
+AWS_BATCH = 20  # BatchGetSecretValue takes up to 20 secret ids per call
 
-BASELINE_VAULT = """
-import hvac, json, os, sys
-client = hvac.Client(url=os.environ["VAULT_ADDR"], token=os.environ["VAULT_TOKEN"])
+IMPORT_SETS = {
+    "interpreter": [],
+    "vault": ["yaml", "jinja2", "hvac"],
+    "mixed": ["yaml", "jinja2", "hvac", "boto3", "azure.identity", "azure.keyvault.secrets"],
+}
+
+
+@dataclass
+class Contender:
+    name: str
+    argv: list[str]
+    out: Path | None  # the file it must write (None: nothing to check)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Scenario:
+    id: str
+    family: str
+    n: int
+    workload: Workload | None
+    contenders: list[Contender]
+    import_set: str = ""
+    floor_rtts: int = 0
+    warmup: int = 0
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --- facts about initfetch at HEAD -----------------------------------------------------------
+
+
+def concurrency_info(env: dict[str, str]) -> dict[str, int]:
+    """initfetch's concurrency limits: the CLI default and each provider's cap."""
+    probe = r"""
+import inspect, json
 out = {}
-for i in range(int(sys.argv[1])):
-    for key in ("username", "password"):
-        data = client.secrets.kv.v2.read_secret_version(f"bench/s{i}", mount_point="secret",
-                                                        raise_on_deleted_version=True)["data"]["data"]
-        out[f"{key}{i}"] = data[key]
-open(sys.argv[2], "w").write(json.dumps(out))
+def cap(mod, cls):
+    try:
+        m = __import__(mod, fromlist=[cls]); c = getattr(m, cls)
+        v = getattr(c, "max_concurrency", None)
+        return v if isinstance(v, int) else None
+    except Exception:
+        return None
+out["vault"] = cap("initfetch.providers.vault", "VaultProvider")
+out["aws"] = cap("initfetch.providers.aws_secretsmanager", "SecretsManagerProvider")
+out["azkv"] = cap("initfetch.providers.azure_keyvault", "KeyVaultProvider")
+try:
+    from initfetch.resolver import Resolver
+    d = inspect.signature(Resolver.__init__).parameters["concurrency"].default
+    out["resolver_default"] = d if isinstance(d, int) else None
+except Exception:
+    out["resolver_default"] = None
+print(json.dumps(out))
 """
-
-BASELINE_AWS = """
-import boto3, json, sys
-client = boto3.client("secretsmanager")
-out = {}
-for i in range(int(sys.argv[1])):
-    for key in ("username", "password"):
-        value = json.loads(client.get_secret_value(SecretId=f"bench/s{i}")["SecretString"])
-        out[f"{key}{i}"] = value[key]
-open(sys.argv[2], "w").write(json.dumps(out))
-"""
-
-EAGER = """
-import sys
-import hvac, boto3, azure.identity, azure.keyvault.secrets  # noqa: F401
-from initfetch.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+    r = subprocess.run([PY, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    info = json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
+    h = subprocess.run([INITFETCH, "render", "--help"], env=env, capture_output=True, text=True, timeout=60)
+    m = re.search(r"INITFETCH_CONCURRENCY,\s*(\d+)", h.stdout)
+    overall = int(m.group(1)) if m else info.get("resolver_default") or 16
+    out = {"overall": overall}
+    for k in ("vault", "aws", "azkv"):
+        v = info.get(k)
+        out[k] = min(overall, v) if isinstance(v, int) and v > 0 else overall
+    return out
 
 
-def manifest(scheme: str, path_fmt: str) -> str:
-    lines = ["version: 1", "secrets:"]
-    for i in range(N_SECRETS):
-        for key in ("username", "password"):
-            lines.append(f"  {key}{i}: {scheme}://{path_fmt.format(i=i)}#{key}")
-    lines += ["templates:", "  - {src: all.j2, dest: all.json}"]
-    return "\n".join(lines) + "\n"
+def floor_rtts(w: Workload, conc: dict[str, int]) -> int:
+    """The fewest sequential round trips initfetch's concurrency allows for this workload.
+
+    Vault: one mount lookup, then the reads. Secrets Manager: BatchGetSecretValue,
+    20 per call. Key Vault: the 401 challenge and the token, then the reads. The
+    backends run in parallel, all under the overall limit.
+    """
+    counts = {b: sum(1 for i in w.items if i.backend == b) for b in ("vault", "awssm", "azkv")}
+    rounds = []
+    requests = 0
+    if counts["vault"]:
+        rounds.append(1 + math.ceil(counts["vault"] / conc["vault"]))
+        requests += counts["vault"]
+    if counts["awssm"]:
+        calls = math.ceil(counts["awssm"] / AWS_BATCH)
+        rounds.append(math.ceil(calls / conc["aws"]))
+        requests += calls
+    if counts["azkv"]:
+        rounds.append(2 + math.ceil(counts["azkv"] / conc["azkv"]))
+        requests += counts["azkv"]
+    return max([*rounds, math.ceil(requests / conc["overall"]) + 1])
 
 
-def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
-    start = time.perf_counter()
-    r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
-    elapsed = time.perf_counter() - start
-    if r.returncode != 0:
-        raise SystemExit(f"benchmark command failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-2000:]}")
-    return elapsed
+# --- running ---------------------------------------------------------------------------------
 
 
-def compare(
-    name: str, runs: int, contender: list[str], baseline: list[str], env: dict[str, str], cwd: Path
-) -> dict:
-    a, b = [], []
-    for _ in range(runs):  # interleaved, so drift on the machine hits both sides alike
-        a.append(timed(contender, env, cwd))
-        b.append(timed(baseline, env, cwd))
-    ma, mb = statistics.median(a), statistics.median(b)
+def check_output(c: Contender, expected: str | None) -> str:
+    if c.out is None or expected is None:
+        return ""
+    try:
+        got = c.out.read_text()
+    except OSError:
+        return "no output file"
+    if got == expected:
+        return ""
+    if got.rstrip("\n") == expected.rstrip("\n"):
+        return ""  # a trailing newline is not a difference worth failing a run for
+    return f"output differs ({len(got)} bytes, expected {len(expected)})"
+
+
+def tail(path: Path, n: int = 1500) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def attach_stats(run: Run, stats: dict[str, Any]) -> None:
+    for route, st in stats.items():
+        backend = ROUTE_BACKEND.get(route, route)
+        if st["requests"]:
+            run.requests[backend] = run.requests.get(backend, 0) + st["requests"]
+            run.max_connections[backend] = max(run.max_connections.get(backend, 0), st["max_active"])
+        for status, count in st["statuses"].items():
+            run.statuses[status] = run.statuses.get(status, 0) + count
+        for path, count in st["paths"].items():
+            key = f"{backend} {path}"
+            run.paths[key] = run.paths.get(key, 0) + count
+
+
+def run_scenario(sc: Scenario, b: Backends, env: dict[str, str], runs: int, logs: Path) -> None:
+    expected = sc.workload.expected() if sc.workload else None
+    sc.runs = {c.name: [] for c in sc.contenders}
+    total = sc.warmup + runs
+    for r in range(total):
+        k = r % len(sc.contenders)
+        order = sc.contenders[k:] + sc.contenders[:k]  # rotate, so no one always goes first
+        for c in order:
+            if c.out is not None:
+                c.out.unlink(missing_ok=True)
+            b.proxy.stats(reset=True)
+            logfile = logs / f"{sc.id}-{c.name}-{r}.log"
+            run = run_once(c.argv, {**env, **c.env}, logfile, timeout=900)
+            attach_stats(run, b.proxy.stats(reset=True))
+            problem = check_output(c, expected) if run.rc == 0 else f"exit {run.rc}"
+            if problem:
+                run.ok = False
+                run.note = (run.note + "; " if run.note else "") + problem
+                print(f"  ! {sc.id} {c.name} run {r}: {problem}\n{tail(logfile)}", file=sys.stderr)
+            if r >= sc.warmup:
+                sc.runs[c.name].append(run)
+    parts = []
+    for c in sc.contenders:
+        s = summary([x.wall for x in sc.runs[c.name]])
+        parts.append(f"{c.name} {s['median']:.3f}s")
+    log(f"{sc.id}: " + ", ".join(parts))
+
+
+def contenders_for(
+    w: Workload, b: Backends, work: Path, with_agent: bool, with_sequential: bool = True
+) -> list[Contender]:
+    d = work / w.name
+    manifest = initfetch_files(w, d / "initfetch", b.kv_options)
+    out = [
+        Contender(
+            "initfetch",
+            [INITFETCH, "render", "-m", str(manifest), "-o", str(d / "out-initfetch"), "--allow-disk"],
+            d / "out-initfetch" / "out.txt",
+        )
+    ]
+    if with_agent:
+        token = d / "agent" / "token"
+        token.parent.mkdir(parents=True, exist_ok=True)
+        token.write_text(b.vault.root_token)
+        dest = d / "out-agent.txt"
+        cfg = agent_files(w, d / "agent", b.proxy.url("vault"), token, dest)
+        out.append(Contender("agent", [agent_binary(), "agent", f"-config={cfg}"], dest))
+    if with_sequential:
+        spec = sequential_spec(w, d / "sequential.json", b.kv_options)
+        dest = d / "out-sequential.txt"
+        out.append(
+            Contender("sequential", [PY, str(REPO / "bench" / "sequential.py"), str(spec), str(dest)], dest)
+        )
+    return out
+
+
+def import_floor_scenario(runs: int) -> Scenario:
+    cs = [
+        Contender(f"imports-{name}", [PY, "-c", "; ".join(f"import {m}" for m in mods) or "pass"], None)
+        for name, mods in IMPORT_SETS.items()
+    ]
+    return Scenario("floor-imports", "floor", 0, None, cs, warmup=1)
+
+
+# --- fleet -------------------------------------------------------------------------------------
+
+
+def reap_all(spawned: list[Spawned], t0: float) -> tuple[list[Run], list[float]]:
+    """Reap every child in its own thread, so each exit time is seen when it happens."""
+    done: list[Run | None] = [None] * len(spawned)
+    ends = [0.0] * len(spawned)
+
+    def reap(i: int) -> None:
+        done[i] = spawned[i].reap()
+        ends[i] = time.perf_counter() - t0
+
+    threads = [threading.Thread(target=reap, args=(i,)) for i in range(len(spawned))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [r for r in done if r is not None], ends
+
+
+def run_fleet(
+    b: Backends,
+    env: dict[str, str],
+    work: Path,
+    logs: Path,
+    procs: int,
+    n: int,
+    rate: float,
+    runs: int,
+    deadline: float,
+) -> dict[str, Any]:
+    w = vault_workload(n)
+    b.seed(w, server="fleet")
+    b.fleet_quota(rate)
+    d = work / "fleet"
+    manifest = initfetch_files(w, d / "initfetch", None)
+    fenv = {**env, "VAULT_ADDR": b.proxy.url("fleet"), "VAULT_TOKEN": b.fleet.root_token}
+    expected = w.expected()
+    results = []
+    for r in range(runs + 1):  # the first is a warm-up
+        time.sleep(2.0)  # let the quota's bucket refill between runs
+        for i in range(procs):
+            shutil.rmtree(d / f"out-{i}", ignore_errors=True)
+        b.proxy.stats(reset=True)
+        t0 = time.perf_counter()
+        spawned = [
+            Spawned(
+                [
+                    INITFETCH,
+                    "render",
+                    "-m",
+                    str(manifest),
+                    "-o",
+                    str(d / f"out-{i}"),
+                    "--allow-disk",
+                    "--timeout",
+                    str(deadline),
+                ],
+                fenv,
+                logs / f"fleet-{r}-{i}.log",
+                timeout=deadline + 60,
+            )
+            for i in range(procs)
+        ]
+        spawn_s = time.perf_counter() - t0
+        done, ends = reap_all(spawned, t0)
+        last = time.perf_counter() - t0
+        stats = b.proxy.stats(reset=True)["fleet"]
+        failed = 0
+        for i, run in enumerate(done):
+            assert run is not None
+            out = d / f"out-{i}" / "out.txt"
+            good = run.rc == 0 and out.exists() and out.read_text() == expected
+            if not good:
+                failed += 1
+                if failed <= 2:
+                    print(
+                        f"  ! fleet run {r} process {i}: exit {run.rc}\n{tail(logs / f'fleet-{r}-{i}.log')}",
+                        file=sys.stderr,
+                    )
+        rec = {
+            "last_s": last,
+            "median_exit_s": sorted(ends)[len(ends) // 2],
+            "spawn_s": spawn_s,
+            "failed": failed,
+            "requests": stats["requests"],
+            "429s": stats["statuses"].get("429", 0),
+            "statuses": stats["statuses"],
+            "max_connections": stats["max_active"],
+            "peak_rss_mb": max(x.rss_mb for x in done if x),
+            "cpu_s": sum(x.cpu for x in done if x),
+        }
+        if r >= 1:
+            results.append(rec)
+        log(
+            f"fleet run {r}{' (warm-up)' if r == 0 else ''}: last {last:.2f}s, {rec['429s']} x 429, "
+            f"{rec['requests']} requests, {failed} failed"
+        )
     return {
-        "scenario": name,
-        "initfetch_s": round(ma, 3),
-        "baseline_s": round(mb, 3),
-        "speedup": round(mb / ma, 2),
+        "procs": procs,
+        "n": n,
+        "rate": rate,
+        "deadline_s": deadline,
+        "runs": results,
+        "workload": w.name,
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument(
-        "--delay-ms", type=float, default=5.0, help="added per request, like a network round trip"
+# --- imports -----------------------------------------------------------------------------------
+
+WATCHED = ("hvac", "requests", "boto3", "botocore", "azure", "msal", "jinja2", "yaml")
+
+
+def imports_of(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+    r = subprocess.run([PY, "-X", "importtime", *argv], env=env, capture_output=True, text=True, timeout=120)
+    mods = set()
+    for line in r.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            mods.add(name.split(".")[0])
+    return {"rc": r.returncode, "imported": sorted(m for m in WATCHED if m in mods)}
+
+
+def import_checks(b: Backends, env: dict[str, str], work: Path) -> dict[str, Any]:
+    d = work / "imports"
+    d.mkdir(parents=True, exist_ok=True)
+    w = vault_workload(20)
+    b.seed(w)
+    manifest = initfetch_files(w, d / "vault", None)
+    vault_only = imports_of(
+        [INITFETCH, "render", "-m", str(manifest), "-o", str(d / "out-vault"), "--allow-disk"], env
     )
-    args = parser.parse_args()
-    delay = args.delay_ms / 1000
-    py = sys.executable
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        (work / "all.j2").write_text("{{ secrets | tojson }}\n")
-        base_env = {
-            "PATH": os.environ["PATH"],
-            "HOME": str(work),
-            "LANG": "C.UTF-8",
-            "PYTHONPATH": str(REPO),
-            "INITFETCH_LOG_LEVEL": "warning",
-        }
-        render = [py, "-m", "initfetch", "render", "-o", str(work / "out"), "--allow-disk"]
-
-        bao = start_openbao(work / "bao")
-        try:
-            client = bao.client()
-            for i in range(N_SECRETS):
-                client.secrets.kv.v2.create_or_update_secret(
-                    f"bench/s{i}", {"username": f"u{i}", "password": f"p{i}"}
-                )
-            proxy = LatencyProxy("127.0.0.1", int(bao.url.rsplit(":", 1)[1]), delay)
-            (work / "vault").mkdir()
-            (work / "vault/initfetch.yaml").write_text(manifest("vault", "secret/bench/s{i}"))
-            (work / "vault/all.j2").write_text("{{ secrets | tojson }}\n")
-            env = {**base_env, "VAULT_ADDR": proxy.url, "VAULT_TOKEN": bao.root_token}
-            results.append(
-                compare(
-                    f"vault: {N_SECRETS} secrets / {2 * N_SECRETS} refs, {args.delay_ms:g} ms per request",
-                    args.runs,
-                    render,
-                    [py, "-c", BASELINE_VAULT, str(N_SECRETS), str(work / "b.json")],
-                    env,
-                    work / "vault",
-                )
-            )
-            proxy.stop()
-        finally:
-            bao.stop()
-
-        moto = start_moto()
-        try:
-            sm = aws_client(moto.url, "secretsmanager")
-            for i in range(N_SECRETS):
-                sm.create_secret(
-                    Name=f"bench/s{i}", SecretString=json.dumps({"username": f"u{i}", "password": f"p{i}"})
-                )
-            proxy = LatencyProxy("127.0.0.1", int(moto.url.rsplit(":", 1)[1]), delay)
-            (work / "aws").mkdir()
-            (work / "aws/initfetch.yaml").write_text(manifest("awssm", "bench/s{i}"))
-            (work / "aws/all.j2").write_text("{{ secrets | tojson }}\n")
-            env = {
-                **base_env,
-                "AWS_ENDPOINT_URL": proxy.url,
-                "AWS_ACCESS_KEY_ID": "bench",
-                "AWS_SECRET_ACCESS_KEY": "bench",
-                "AWS_DEFAULT_REGION": "us-east-1",
+    (d / "file").mkdir(exist_ok=True)
+    (d / "file" / "value").write_text("v")
+    (d / "file" / "initfetch.yaml").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "secrets": {"a": f"file://{d / 'file' / 'value'}"},
+                "files": [{"secret": "a", "dest": "a"}],
             }
-            results.append(
-                compare(
-                    f"aws: {N_SECRETS} secrets / {2 * N_SECRETS} refs, {args.delay_ms:g} ms per request",
-                    args.runs,
-                    render,
-                    [py, "-c", BASELINE_AWS, str(N_SECRETS), str(work / "b.json")],
-                    env,
-                    work / "aws",
+        )
+    )
+    file_only = imports_of(
+        [
+            INITFETCH,
+            "render",
+            "-m",
+            str(d / "file" / "initfetch.yaml"),
+            "-o",
+            str(d / "out-file"),
+            "--allow-disk",
+        ],
+        env,
+    )
+    return {"vault_only": vault_only, "file_only_no_templates": file_only}
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def git(*args: str) -> str:
+    r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="initfetch benchmark (issue 9): see the module docstring")
+    p.add_argument("--quick", action="store_true", help="small N and 3 runs, for development")
+    p.add_argument("--runs", type=int, help="whole-process runs per contender [5; --quick 3]")
+    p.add_argument("--delay-ms", type=float, default=20.0, help="added to every request [20]")
+    p.add_argument("--vault-n", type=lambda s: [int(x) for x in s.split(",")], help="[20,100,300,1000]")
+    p.add_argument("--mixed-n", type=lambda s: [int(x) for x in s.split(",")], help="[60,300]")
+    p.add_argument("--large", default="40x32768", help="COUNTxBYTES [40x32768]")
+    p.add_argument("--fleet-procs", type=int, help="[50; --quick 10]")
+    p.add_argument("--fleet-n", type=int, default=20, help="secrets per fleet process [20]")
+    p.add_argument("--fleet-rate", type=float, default=100.0, help="quota, requests per second [100]")
+    p.add_argument("--fleet-deadline", type=float, default=60.0, help="each process's --timeout [60]")
+    p.add_argument(
+        "--only",
+        default="vault,mixed,large,fleet,imports",
+        help="families to run [vault,mixed,large,fleet,imports]",
+    )
+    p.add_argument("--no-sequential-vault", action="store_true", help="skip the sequential script on vault-N")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results directory [bench/results]")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    a = p.parse_args()
+
+    runs = a.runs or (3 if a.quick else 5)
+    vault_ns = a.vault_n or ([5, 20] if a.quick else [20, 100, 300, 1000])
+    mixed_ns = a.mixed_n or ([15, 30] if a.quick else [60, 300])
+    count, size = (int(x) for x in a.large.lower().split("x"))
+    fleet_procs = a.fleet_procs or (10 if a.quick else 50)
+    only = set(a.only.split(","))
+    t_start = time.perf_counter()
+
+    work = Path(tempfile.mkdtemp(prefix="initfetch-bench-"))
+    logs = work / "logs"
+    logs.mkdir()
+    log(f"work directory {work}; {runs} runs; delay {a.delay_ms:g} ms per request")
+    b = Backends.start(work / "backends", a.delay_ms)
+    try:
+        home = work / "home"
+        home.mkdir()
+        env = {**b.env(home), "INITFETCH_LOG_LEVEL": "warning"}
+        conc = concurrency_info(env)
+        log(f"initfetch concurrency (for the floor): {conc}")
+
+        scenarios: list[Scenario] = []
+        fl = import_floor_scenario(runs)
+        scenarios.append(fl)
+        if "vault" in only:
+            for i, n in enumerate(vault_ns):
+                w = vault_workload(n)
+                cs = contenders_for(w, b, work, with_agent=True, with_sequential=not a.no_sequential_vault)
+                scenarios.append(
+                    Scenario(
+                        f"vault-{n}",
+                        "vault",
+                        n,
+                        w,
+                        cs,
+                        "vault",
+                        floor_rtts(w, conc),
+                        warmup=1 if i == 0 else 0,
+                    )
                 )
-            )
-            proxy.stop()
-        finally:
-            moto.stop()
+        if "mixed" in only:
+            for i, n in enumerate(mixed_ns):
+                w = mixed_workload(n)
+                cs = contenders_for(w, b, work, with_agent=False)
+                scenarios.append(
+                    Scenario(
+                        f"mixed-{n}",
+                        "mixed",
+                        n,
+                        w,
+                        cs,
+                        "mixed",
+                        floor_rtts(w, conc),
+                        warmup=1 if i == 0 else 0,
+                    )
+                )
+        if "large" in only:
+            w = large_workload(count, size)
+            cs = contenders_for(w, b, work, with_agent=True)
+            scenarios.append(Scenario(w.name, "large", count, w, cs, "vault", floor_rtts(w, conc), warmup=1))
 
-        (work / "local").mkdir()
-        (work / "local/initfetch.yaml").write_text(
-            "version: 1\nsecrets:\n  a: env://A\ntemplates:\n  - {src: all.j2, dest: all.json}\n"
-        )
-        (work / "local/all.j2").write_text("{{ secrets | tojson }}\n")
-        env = {**base_env, "A": "x"}
-        results.append(
-            compare(
-                "startup: file/env-only render vs all SDKs imported",
-                args.runs,
-                render,
-                [py, "-c", EAGER, *render[3:]],
-                env,
-                work / "local",
-            )
-        )
+        for sc in scenarios:
+            if sc.workload is not None:
+                log(f"seeding {sc.id}")
+                b.seed(sc.workload)
+        for sc in scenarios:
+            log(f"running {sc.id} ({', '.join(c.name for c in sc.contenders)})")
+            run_scenario(sc, b, env, runs, logs)
 
-    width = max(len(r["scenario"]) for r in results)
-    print(f"{'scenario'.ljust(width)}  initfetch  baseline  baseline/initfetch")
-    for r in results:
-        name, a, b, ratio = r["scenario"].ljust(width), r["initfetch_s"], r["baseline_s"], r["speedup"]
-        print(f"{name}  {a:>8.3f}s {b:>8.3f}s  {ratio:>6.2f}x")
-    print(json.dumps(results))
+        fleet = None
+        if "fleet" in only:
+            log(f"fleet: {fleet_procs} processes x {a.fleet_n} secrets, quota {a.fleet_rate:g}/s")
+            fleet = run_fleet(
+                b, env, work, logs, fleet_procs, a.fleet_n, a.fleet_rate, runs, a.fleet_deadline
+            )
+        imports = import_checks(b, env, work) if "imports" in only else None
+    finally:
+        b.stop()
+
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--", "initfetch")),
+        "delay_ms": a.delay_ms,
+        "runs": runs,
+        "quick": a.quick,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "agent": subprocess.run([agent_binary(), "version"], capture_output=True, text=True).stdout.strip(),
+        "concurrency": conc,
+        "duration_s": round(time.perf_counter() - t_start, 1),
+    }
+    data = report.build(meta, scenarios, fleet, imports)
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
+    md = report.markdown(data)
+    (a.out / "results.md").write_text(md)
+    try:
+        report.plot(data, a.out / "results.png")
+    except ImportError:
+        log("matplotlib is not installed (pip install -r requirements-bench.txt): no plot")
+    print()
+    print(md)
+    log(f"results in {a.out} ({meta['duration_s']} s)")
+    if a.keep:
+        log(f"work directory kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
