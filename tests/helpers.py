@@ -13,6 +13,16 @@ CANARY = "CANARY-7f3a9c-do-not-print"
 CANARY2 = "CANARY-b81e44-never-log"
 CANARIES = (CANARY, CANARY2)
 
+# Values the leak check (tests/conftest.py) looks for in every test's outputs, on top of
+# CANARIES and every test module's CANARY* constants. Tests add theirs with register_canary.
+REGISTERED: set[str] = set()
+
+
+def register_canary(value: str) -> str:
+    """Make the suite-wide leak check look for `value` (and its encoded forms); returns it."""
+    REGISTERED.add(value)
+    return value
+
 
 def clean_env(**extra: str) -> dict[str, str]:
     """A minimal environment: no cloud credentials or CA variables leak in from the machine."""
