@@ -13,14 +13,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from initfetch.errors import BadInput, Loc
+from initfetch.errors import BadInput, Loc, Problem
+from initfetch.limits import Limits
 from initfetch.manifest import ENV_NAME_RE, Manifest, SecretSpec, _Checker, builtin_providers, check_reference
 
 PREFIX = "initfetch+"
 
 
 def manifest_from_env(environ: Mapping[str, str], base_dir: Path) -> Manifest:
-    manifest = Manifest(path=None, base_dir=base_dir, providers=builtin_providers(base_dir))
+    try:
+        limits = Limits().with_env(environ)  # no manifest: INITFETCH_LIMIT_* alone set the run's limits
+    except ValueError as e:
+        raise BadInput(Problem(None, str(e))) from None
+    manifest = Manifest(path=None, base_dir=base_dir, providers=builtin_providers(base_dir), limits=limits)
     chk = _Checker("environment")
     for name in sorted(environ):
         value = environ[name]
