@@ -9,6 +9,10 @@ value at all, and shows where each secret lands and how it is transformed.
 An output whose template needs the real content (`b64decode` of a secret,
 say) cannot render with placeholders; only its size is shown.
 `--offline` renders with placeholders of unknown shape and contacts nothing.
+
+The shadow render is then scrubbed through the redactor as well: a template
+can pull a secret in without going through `secrets` (`{% include %}` of the
+very file a `file://` secret reads), and that content is a registered value.
 """
 
 from __future__ import annotations
@@ -68,10 +72,13 @@ def masked(
     values: Mapping[str, Any],
     meta: Mapping[str, Mapping[str, Any]],
     real: Rendered,
+    redactor: Redactor | None = None,
+    deadline: float | None = None,
 ) -> Rendered:
-    """What to show for a masked preview of `real`: the shadow render, or masked lines."""
+    """What to show for a masked preview of `real`: the shadow render, or masked lines,
+    scrubbed through `redactor`."""
     shadows = {name: shadow(value, name) for name, value in values.items()}
-    attempt = render_each(manifest, shadows, meta, None)
+    attempt = render_each(manifest, shadows, meta, None, deadline=deadline)
     files = dict(attempt.rendered.files)
     for dest in attempt.failed & set(real.files):
         # Nothing selected from the real render is shown: even which literal lines
@@ -79,7 +86,19 @@ def masked(
         lines = real.files[dest].count(b"\n") + (not real.files[dest].endswith(b"\n"))
         files[dest] = f"{NOT_SHOWN} ({lines} lines)\n".encode()
     env = {name: attempt.rendered.env.get(name, NOT_SHOWN) for name in real.env}
-    return Rendered({dest: files[dest] for dest in real.files}, env)
+    shown = Rendered({dest: files[dest] for dest in real.files}, env)
+    return scrubbed(shown, redactor) if redactor is not None else shown
+
+
+def scrubbed(rendered: Rendered, redactor: Redactor) -> Rendered:
+    """`rendered` with every registered value masked; binary files are never printed anyway."""
+    files: dict[str, bytes] = {}
+    for dest, data in rendered.files.items():
+        try:
+            files[dest] = redactor.scrub(data.decode("utf-8")).encode("utf-8")
+        except UnicodeDecodeError:
+            files[dest] = data
+    return Rendered(files, {name: redactor.scrub(value) for name, value in rendered.env.items()})
 
 
 def show(

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import itertools
 import json
+import math
+import os
 import re
 import shlex
-from collections.abc import Callable, Mapping
+import string
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -22,10 +28,14 @@ from typing import Any
 
 import jinja2
 import jinja2.nodes
+import jinja2.utils
 import yaml
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.filters import make_attrgetter
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from initfetch.errors import BadInput, Loc, Problem
+from initfetch.limits import Limits, exceeded, human_size
 from initfetch.manifest import EnvFrom, Manifest, env_var_names
 from initfetch.redact import Redactor
 
@@ -36,15 +46,434 @@ class Rendered:
     env: dict[str, str]
 
 
-def environment(base_dir: Path, redactor: Redactor | None = None) -> jinja2.Environment:
-    env = ImmutableSandboxedEnvironment(
+# --- bounds: no template may take unbounded memory or time ---------------------
+#
+# Every value a template computes is kept under the output limit (a bigger one could
+# never be written anyway), checked *before* the operations that multiply sizes (`*`,
+# `**`, `%`, widths, `join`, `replace`, ...) so that nothing huge is ever allocated,
+# and after every other operation. Time is bounded by the run's deadline, checked at
+# every loop iteration and every call (the only ways a template repeats work), never
+# by interrupting Python code from outside.
+
+# Python itself refuses to print an int of more than 4300 digits; there is no use
+# for bigger ones in a config, and multiplying them is what makes `9 ** (9 ** 9)` slow.
+MAX_INT_DIGITS = 4300
+_MAX_INT_BITS = int(MAX_INT_DIGITS * math.log2(10)) + 1
+# Above this growth of the process's memory while rendering, give up: a last line of
+# defence for amplifications the checks below do not know about.
+_MEMORY_FACTOR = 16
+_MEMORY_FLOOR = 256 * 1024 * 1024
+
+
+class TemplateLimit(Exception):
+    """A template hit a limit; the message names it and never quotes a value.
+
+    An Exception (not a BaseException) so Jinja rewrites the traceback to the
+    template line; template code cannot catch anything, and no Jinja code on the
+    way catches a bare Exception at render time.
+    """
+
+
+class _OutOfTime(BaseException):
+    """The deadline passed: a BaseException, so no `except Exception` can swallow it."""
+
+
+class _OutOfMemory(BaseException):
+    """Rendering grew the process past its memory budget."""
+
+
+def _size(value: Any, budget: int) -> int:
+    """Roughly how many bytes `value` renders to; stops counting once over `budget`."""
+    total = 0
+    stack = [value]
+    while stack and total <= budget:
+        v = stack.pop()
+        if isinstance(v, str | bytes | bytearray):
+            total += len(v)
+        elif isinstance(v, bool) or v is None:
+            total += 1
+        elif isinstance(v, int):
+            total += v.bit_length() // 3 + 1
+        elif isinstance(v, list | tuple | set | frozenset):
+            total += len(v) + 1
+            stack.extend(itertools.islice(v, budget - total + 1))
+        elif isinstance(v, dict):
+            total += len(v) + 1
+            for k, item in itertools.islice(v.items(), budget - total + 1):
+                stack.append(k)
+                stack.append(item)
+        else:
+            total += 1
+    return total
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+# printf-style conversions (`%-10.3s`, `%(name)0*d`): the widths are what can blow up
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[a-zA-Z%]")
+
+
+def _percent_estimate(fmt: Any, args: Any, budget: int) -> int:
+    """An upper bound on the length of `fmt % args`."""
+    if not isinstance(fmt, str | bytes):
+        return 0
+    text = fmt if isinstance(fmt, str) else fmt.decode("latin-1")
+    items = (
+        list(args.values()) if isinstance(args, dict) else list(args) if isinstance(args, tuple) else [args]
+    )
+    # %(name)s may repeat one argument many times: count every conversion as the biggest one
+    biggest = max((_size(a, budget) for a in items), default=0)
+    stars = sum(abs(_int(a)) for a in items)
+    total = len(text)
+    for m in _PERCENT_SPEC.finditer(text):
+        total += biggest
+        for width in m.groups():
+            total += stars if width == "*" else int(width) if width else 0
+        if total > budget:
+            break
+    return total
+
+
+def _format_estimate(fmt: str, args: Iterable[Any], kwargs: Mapping[str, Any], budget: int) -> int:
+    """An upper bound on the length of `fmt.format(*args, **kwargs)`."""
+    items = [*args, *kwargs.values()]
+    if any(isinstance(a, Mapping) for a in items):  # format_map
+        items += [v for a in items if isinstance(a, Mapping) for v in a.values()]
+    biggest = max((_size(a, budget) for a in items), default=0)
+    numbers = sum(abs(_int(a)) for a in items)
+    total = len(fmt)
+    try:
+        fields = string.Formatter().parse(fmt)
+        for _, name, spec, _ in fields:
+            if name is None:
+                continue
+            total += biggest
+            if spec and "{" in spec:  # a width taken from the arguments
+                total += numbers
+            total += sum(int(d) for d in re.findall(r"\d+", spec or ""))
+            if total > budget:
+                break
+    except ValueError:
+        return total  # a malformed format fails when it runs
+    return total
+
+
+def _binop_estimate(operator: str, left: Any, right: Any, budget: int) -> int | None:
+    """The size of `left operator right` before computing it, for the operators that multiply."""
+    if operator == "*":
+        if isinstance(left, int) and not isinstance(left, bool):
+            left, right = right, left
+        if isinstance(left, str | bytes | list | tuple) and isinstance(right, int):
+            return _size(left, budget) * max(right, 0)
+        if isinstance(left, int) and isinstance(right, int):
+            _check_int_bits(left.bit_length() + right.bit_length())
+    elif operator == "**":
+        if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+            _check_int_bits(right * math.log2(abs(left)))
+    elif operator == "%":
+        return _percent_estimate(left, right, budget)
+    elif operator == "+" and isinstance(left, _SEQ) and isinstance(right, _SEQ):
+        return _size(left, budget) + _size(right, budget)
+    return None
+
+
+def _check_int_bits(bits: float) -> None:
+    if bits > _MAX_INT_BITS:
+        raise TemplateLimit(f"a number would have more than {MAX_INT_DIGITS} digits")
+
+
+_SEQ = (str, bytes, list, tuple)
+_WIDTH_METHODS = {"ljust", "rjust", "center", "zfill"}
+
+
+def _call_estimate(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], budget: int) -> int | None:
+    """The size a call will produce, for the str/bytes methods and globals that can multiply."""
+    target = getattr(obj, "__self__", None)
+    name = getattr(obj, "__name__", "")
+    if isinstance(target, str | bytes):
+        n = len(target)
+        if name in _WIDTH_METHODS and args:
+            return max(n, _int(args[0]))
+        if name == "expandtabs":
+            tab = _int(args[0] if args else kwargs.get("tabsize", 8))
+            tabs = target.count("\t") if isinstance(target, str) else target.count(b"\t")
+            return n + tabs * tab
+        if name == "replace" and len(args) >= 2:
+            return _replace_estimate(target, args[0], args[1], args[2] if len(args) > 2 else -1)
+        if name == "translate" and args and isinstance(args[0], Mapping):
+            longest = max((_size(v, budget) for v in args[0].values()), default=1)
+            return n * max(longest, 1)
+        return None
+    if obj is jinja2.utils.generate_lorem_ipsum:
+        count = _int(args[0] if args else kwargs.get("n", 5))
+        words = _int(args[3] if len(args) > 3 else kwargs.get("max", 100))
+        return count * words * 16  # at most 16 bytes a word, with punctuation
+    return None
+
+
+def _replace_estimate(text: Any, old: Any, new: Any, count: Any = -1) -> int:
+    if not isinstance(text, str | bytes) or type(old) is not type(text) or type(new) is not type(text):
+        return 0
+    haystack: Any = text  # str or bytes, with `old` of the same type
+    times = haystack.count(old) if old else len(text) + 1
+    if isinstance(count, int) and count >= 0:
+        times = min(times, count)
+    return len(text) + times * max(0, len(new) - len(old))
+
+
+def _join_estimate(items: Any, separator: Any, budget: int) -> int:
+    sep = len(separator) if isinstance(separator, str | bytes) else 0
+    if isinstance(items, str | bytes):  # joining a string puts the separator between its characters
+        return len(items) + sep * max(len(items) - 1, 0)
+    total = sep * max(len(items) - 1, 0)
+    for item in items:
+        total += _size(item, budget)
+        if total > budget:
+            break
+    return total
+
+
+def _json_estimate(value: Any, indent: Any, budget: int) -> int:
+    """Indentation repeats with depth: a deep value times a wide indent is huge."""
+    step = _int(indent) if not isinstance(indent, str) else len(indent)
+    total = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack and total <= budget:
+        v, depth = stack.pop()
+        total += depth * step + 2
+        if isinstance(v, dict):
+            stack.extend((item, depth + 1) for item in v.values())
+            total += sum(len(str(k)) + 4 for k in v)
+        elif isinstance(v, list | tuple):
+            stack.extend((item, depth + 1) for item in v)
+        else:
+            total += _size(v, budget) * 2  # escapes at most double a string... or \\uXXXX six-fold
+    return total
+
+
+class _CodeGenerator(CodeGenerator):
+    """Jinja's compiler, plus a deadline check at the start of every block (each loop
+    iteration runs one) and a size check on every `~` concatenation."""
+
+    def blockvisit(self, nodes: Iterable[jinja2.nodes.Node], frame: Frame) -> None:
+        self.writeline("environment.tick()")
+        super().blockvisit(nodes, frame)
+
+    def visit_Concat(self, node: jinja2.nodes.Concat, frame: Frame) -> None:
+        self.write("environment.checked(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+
+def _statm_rss() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+try:
+    _PAGE = os.sysconf("SC_PAGE_SIZE")
+except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
+    _PAGE = 4096
+
+
+class Sandbox(ImmutableSandboxedEnvironment):
+    """The template sandbox, with bounds on size, time and memory (see above)."""
+
+    code_generator_class = _CodeGenerator
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+    def __init__(self, *args: Any, max_size: int = Limits().output_size, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_size = max_size
+        self.deadline: float | None = None
+        self.memory_budget = max(_MEMORY_FLOOR, _MEMORY_FACTOR * max_size)
+        self._ticks = 0
+        self._rss_start: int | None = None
+
+    def start_clock(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self._rss_start = _statm_rss()
+
+    def tick(self) -> None:
+        """Called at every loop iteration, call and template: the deadline and memory budget."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise _OutOfTime
+        self._ticks += 1
+        if self._ticks % 1024 == 0 and self._rss_start is not None:
+            rss = _statm_rss()
+            if rss is not None and rss - self._rss_start > self.memory_budget:
+                raise _OutOfMemory
+
+    def too_large(self) -> TemplateLimit:
+        return TemplateLimit(
+            f"a value computed in the template is too large: {exceeded('output_size', self.max_size)}"
+        )
+
+    def refuse_over(self, estimate: int | None) -> None:
+        if estimate is not None and estimate > self.max_size:
+            raise self.too_large()
+
+    def checked(self, value: Any) -> Any:
+        if _size(value, self.max_size) > self.max_size:
+            raise self.too_large()
+        return value
+
+    def concat(self, pieces: Iterable[str]) -> str:
+        """The join of a macro's, a `{% set %}` block's or a filter block's output."""
+        buf = pieces if isinstance(pieces, list) else list(pieces)
+        total = 0
+        for piece in buf:
+            total += len(piece)
+            if total > self.max_size:
+                raise self.too_large()
+        return "".join(buf)
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        self.refuse_over(_binop_estimate(operator, left, right, self.max_size))
+        return self.checked(super().call_binop(context, operator, left, right))
+
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        __self.tick()  # macros can recurse exponentially without a loop
+        target = getattr(__obj, "__self__", None)
+        if isinstance(target, str | bytes) and getattr(__obj, "__name__", "") == "join" and args:
+            items = args[0]
+            if not isinstance(items, str | bytes | list | tuple):  # a generator: look at it once
+                items = list(itertools.islice(items, __self.max_size + 1))
+                args = (items, *args[1:])
+            __self.refuse_over(_join_estimate(items, target, __self.max_size))
+        __self.refuse_over(_call_estimate(__obj, args, kwargs, __self.max_size))
+        return __self.checked(super().call(__context, __obj, *args, **kwargs))
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """`str.format` and `format_map`, refused when the widths they ask for are too large."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt = value.__self__
+
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            self.refuse_over(_format_estimate(fmt, args, kwargs, self.max_size))
+            return wrapped(*args, **kwargs)
+
+        return bounded
+
+    def bound_filters(self) -> None:
+        """Wrap every filter: a size estimate first for those that multiply, a size check after."""
+        for name, fn in list(self.filters.items()):
+            self.filters[name] = self._bounded_filter(name, fn)
+
+    def _bounded_filter(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        skip = 1 if hasattr(fn, "jinja_pass_arg") else 0
+        estimate = _FILTER_ESTIMATES.get(name)
+        sandbox = self
+
+        @functools.wraps(fn)  # keeps jinja_pass_arg, so Jinja still passes the context
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            if name == "join" and len(args) > skip and not isinstance(args[skip], str | list | tuple):
+                items = list(itertools.islice(args[skip], sandbox.max_size + 1))
+                args = (*args[:skip], items, *args[skip + 1 :])
+            if estimate is not None:
+                try:
+                    guess = estimate(sandbox.max_size, *args[skip:], **kwargs)
+                except TypeError:
+                    guess = None  # wrong arguments: the filter itself says so
+                sandbox.refuse_over(guess)
+            return sandbox.checked(fn(*args, **kwargs))
+
+        return bounded
+
+
+def _est_format(budget: int, value: Any, *args: Any, **kwargs: Any) -> int:
+    return _percent_estimate(value, kwargs or args, budget)
+
+
+def _est_center(budget: int, value: Any, width: Any = 80) -> int:
+    return max(_size(value, budget), _int(width))
+
+
+def _est_indent(budget: int, s: Any, width: Any = 4, first: Any = False, blank: Any = False) -> int:
+    text = str(s) if isinstance(s, str) else ""
+    step = len(width) if isinstance(width, str) else _int(width)
+    return len(text) + (text.count("\n") + 1) * step
+
+
+def _est_wordwrap(
+    budget: int,
+    s: Any,
+    width: Any = 79,
+    break_long_words: Any = True,
+    wrapstring: Any = None,
+    break_on_hyphens: Any = True,
+) -> int:
+    text = s if isinstance(s, str) else ""
+    wrap = len(wrapstring) if isinstance(wrapstring, str) else 1
+    lines = len(text) // max(_int(width), 1) + text.count(" ") + text.count("\n") + 1
+    return len(text) + lines * wrap
+
+
+def _est_replace(budget: int, s: Any, old: Any, new: Any, count: Any = None) -> int:
+    return _replace_estimate(
+        str(s) if not isinstance(s, str) else s, old, new, -1 if count is None else count
+    )
+
+
+def _est_join(budget: int, value: Any, d: Any = "", attribute: Any = None) -> int:
+    return _join_estimate(value, d, budget)
+
+
+def _est_batch(budget: int, value: Any, linecount: Any, fill_with: Any = None) -> int:
+    return _size(value, budget) + (_int(linecount) if fill_with is not None else 0)
+
+
+def _est_slice(budget: int, value: Any, slices: Any, fill_with: Any = None) -> int:
+    return _size(value, budget) + _int(slices)
+
+
+def _est_json(budget: int, value: Any, indent: Any = None) -> int:
+    return _json_estimate(value, indent, budget) if indent else 0
+
+
+_FILTER_ESTIMATES: dict[str, Callable[..., int]] = {
+    "format": _est_format,
+    "center": _est_center,
+    "indent": _est_indent,
+    "wordwrap": _est_wordwrap,
+    "replace": _est_replace,
+    "join": _est_join,
+    "batch": _est_batch,
+    "slice": _est_slice,
+    "tojson": _est_json,
+    "json": _est_json,
+}
+
+
+@jinja2.pass_environment
+def _sum(environment: jinja2.Environment, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
+    """Jinja's `sum`, but lists are chained in linear time (sum() copies them quadratically)."""
+    items = list(iterable if attribute is None else map(make_attrgetter(environment, attribute), iterable))
+    if isinstance(start, list) and all(isinstance(i, list) for i in items):
+        return list(itertools.chain(start, *items))
+    return sum(items, start)
+
+
+def environment(
+    base_dir: Path, redactor: Redactor | None = None, max_size: int = Limits().output_size
+) -> Sandbox:
+    env = Sandbox(
         loader=jinja2.FileSystemLoader(str(base_dir)),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
         auto_reload=False,
         finalize=_finalize,
+        max_size=max_size,
     )
+    env.filters["sum"] = _sum
 
     def derived(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
         def wrapper(value: Any, *args: Any, **kwargs: Any) -> Any:
@@ -74,6 +503,7 @@ def environment(base_dir: Path, redactor: Redactor | None = None) -> jinja2.Envi
     }
     for name, (fn, tag) in filters.items():
         env.filters[name] = derived(fn, tag)
+    env.bound_filters()
     return env
 
 
@@ -165,7 +595,7 @@ def _static_names(source: str, line: int) -> set[str]:
     """Names, attributes and constant keys written literally at one line of a template."""
     try:
         ast = jinja2.Environment().parse(source)  # noqa: S701 - parsed only, never rendered
-    except jinja2.TemplateSyntaxError:
+    except (jinja2.TemplateSyntaxError, RecursionError):
         return set()
     names: set[str] = set()
     for node in ast.find_all((jinja2.nodes.Name, jinja2.nodes.Getattr, jinja2.nodes.Getitem)):
@@ -194,6 +624,22 @@ def _error(e: Exception, file: str, name: str, source: str) -> Problem:
         return Problem(Loc(file, e.lineno or 0), f"template syntax error: {e.message}")
     line = _template_line(e.__traceback__, name)
     where = Loc(file, line)
+    if isinstance(e, TemplateLimit):
+        return Problem(where, f"template error: {e}")
+    if isinstance(e, RecursionError):
+        return Problem(
+            where, "template error: nested or recursive too deeply (a macro or include that calls itself?)"
+        )
+    if isinstance(e, MemoryError):
+        return Problem(where, "template error: out of memory")
+    if isinstance(e, jinja2.TemplateNotFound):
+        # Only a name written in the template is repeated: a computed one may come from a value.
+        quoted = isinstance(e.name, str) and any(q + e.name + q in source for q in "'\"")
+        what = repr(e.name) if quoted else "(a name computed at render time)"
+        return Problem(
+            where,
+            f"template error: template {what} not found (templates are read from the manifest's directory)",
+        )
     message = str(getattr(e, "message", None) or e)
     if isinstance(e, jinja2.UndefinedError | jinja2.sandbox.SecurityError):
         pattern = _UNSAFE_ATTRIBUTE if isinstance(e, jinja2.sandbox.SecurityError) else None
@@ -224,42 +670,124 @@ def render_each(
     values: Mapping[str, Any],
     meta: Mapping[str, Mapping[str, Any]],
     redactor: Redactor | None,
+    *,
+    deadline: float | None = None,
+    timeout: float | None = None,
 ) -> Attempt:
-    """Render every output, env value and env_from spread in memory, each on its own."""
-    env = environment(manifest.base_dir, redactor)
+    """Render every output, env value and env_from spread in memory, each on its own.
+
+    Everything together stays under `manifest.limits.output_size`; rendering stops
+    at `deadline` (a time.monotonic() value: what is left of `--timeout`).
+    """
+    limit = manifest.limits.output_size
+    env = environment(manifest.base_dir, redactor, limit)
+    env.start_clock(deadline)
     context = {"secrets": dict(values), "meta": dict(meta)}
     problems: list[Problem] = []
     failed: set[str] = set()
     files: dict[str, bytes] = {}
-    for out in manifest.outputs:
-        if out.secret is not None:
-            if out.secret in values:
-                files[out.dest] = as_bytes(values[out.secret])
-            continue  # an optional secret that is absent writes no file
-        assert out.src is not None and out.template_name is not None
-        try:
-            files[out.dest] = env.get_template(out.template_name).render(context).encode("utf-8")
-        except Exception as e:
-            failed.add(out.dest)
-            problems.append(_error(e, str(out.src), out.template_name, out.src.read_text(errors="replace")))
     rendered_env: dict[str, str] = {}
-    for name, (source, where) in manifest.env.items():
-        try:
-            value = env.from_string(source).render(context)
-        except Exception as e:
-            failed.add(name)
-            problems.append(Problem(where, f"env {name}: {_error(e, '', '<template>', source).message}"))
-            continue
-        if "\0" in value:
-            failed.add(name)
-            problems.append(Problem(where, f"env {name}: the value contains a NUL byte"))
-        rendered_env[name] = value
-    for spread in manifest.env_from:
-        problem = _spread(spread, values.get(spread.secret), rendered_env)
-        if problem:
-            failed.add(spread.secret)
-            problems.append(problem)
+    budget = _Budget(limit)
+    pending = [o.dest for o in manifest.outputs] + list(manifest.env) + [s.secret for s in manifest.env_from]
+    try:
+        for out in manifest.outputs:
+            env.tick()
+            pending.remove(out.dest)
+            if out.secret is not None:
+                if out.secret in values:
+                    data = as_bytes(values[out.secret])
+                    if budget.take(len(data)):
+                        files[out.dest] = data
+                    else:
+                        failed.add(out.dest)
+                        problems.append(Problem(out.loc, f"file {out.dest}: {budget.message}"))
+                continue  # an optional secret that is absent writes no file
+            assert out.src is not None and out.template_name is not None
+            try:
+                text = budget.collect(env.get_template(out.template_name).generate(context))
+                files[out.dest] = text.encode("utf-8")
+            except _OutputTooLarge:
+                failed.add(out.dest)
+                problems.append(Problem(Loc(str(out.src)), f"output {out.dest}: {budget.message}"))
+            except Exception as e:
+                failed.add(out.dest)
+                problems.append(_error(e, str(out.src), out.template_name, _source(out.src)))
+        for name, (source, where) in manifest.env.items():
+            env.tick()
+            pending.remove(name)
+            try:
+                value = budget.collect(env.from_string(source).generate(context), extra=len(name) + 2)
+            except _OutputTooLarge:
+                failed.add(name)
+                problems.append(Problem(where, f"env {name}: {budget.message}"))
+                continue
+            except Exception as e:
+                failed.add(name)
+                problems.append(Problem(where, f"env {name}: {_error(e, '', '<template>', source).message}"))
+                continue
+            if "\0" in value:
+                failed.add(name)
+                problems.append(Problem(where, f"env {name}: the value contains a NUL byte"))
+            rendered_env[name] = value
+        for spread in manifest.env_from:
+            pending.remove(spread.secret)
+            problem = _spread(spread, values.get(spread.secret), rendered_env)
+            if problem:
+                failed.add(spread.secret)
+                problems.append(problem)
+    except _OutOfTime:
+        failed.update(pending)
+        shown = f" ({timeout:g}s)" if timeout else ""
+        problems.append(Problem(None, f"rendering did not finish within --timeout{shown}"))
+    except _OutOfMemory:
+        failed.update(pending)
+        problems.append(
+            Problem(
+                None,
+                f"rendering used more than {human_size(env.memory_budget)} of memory "
+                f"(16 times output_size; raise it with limits: {{output_size: ...}} in the manifest "
+                "or INITFETCH_LIMIT_OUTPUT_SIZE)",
+            )
+        )
     return Attempt(Rendered(files, rendered_env), problems, failed)
+
+
+class _OutputTooLarge(Exception):
+    pass
+
+
+class _Budget:
+    """What is left of output_size for all outputs together, counted in UTF-8 bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+        self.message = exceeded("output_size", limit)
+
+    def take(self, n: int) -> bool:
+        self.left -= n
+        return self.left >= 0
+
+    def collect(self, pieces: Iterator[str], extra: int = 0) -> str:
+        """Join a template's streamed output, stopping as soon as it passes the limit."""
+        if not self.take(extra):
+            raise _OutputTooLarge
+        buf: list[str] = []
+        for piece in pieces:
+            n = len(piece) if piece.isascii() else len(piece.encode("utf-8", "surrogatepass"))
+            if not self.take(n):
+                if isinstance(pieces, Iterator) and hasattr(pieces, "close"):
+                    pieces.close()
+                raise _OutputTooLarge
+            buf.append(piece)
+        return "".join(buf)
+
+
+def _source(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _spread(spread: EnvFrom, value: Any, out: dict[str, str]) -> Problem | None:
@@ -290,9 +818,15 @@ def render(
     values: Mapping[str, Any],
     meta: Mapping[str, Mapping[str, Any]],
     redactor: Redactor | None,
+    *,
+    deadline: float | None = None,
+    timeout: float | None = None,
 ) -> Rendered:
-    """Render everything in memory; raise BadInput listing every failure."""
-    attempt = render_each(manifest, values, meta, redactor)
+    """Render everything in memory; raise BadInput listing every failure.
+
+    `deadline` (time.monotonic()) bounds rendering time; `timeout` only names it in the error.
+    """
+    attempt = render_each(manifest, values, meta, redactor, deadline=deadline, timeout=timeout)
     if attempt.problems:
         raise BadInput(attempt.problems, headline="templates failed to render")
     return attempt.rendered
@@ -350,6 +884,10 @@ def check_templates(manifest: Manifest) -> list[Problem]:
             at = where or Loc(label, e.lineno or 0)
             prefix = f"{label}: " if where else ""
             problems.append(Problem(at, f"{prefix}template syntax error: {e.message}"))
+            continue
+        except RecursionError:  # the parser recurses once per nesting level
+            prefix = f"{label}: " if where else ""
+            problems.append(Problem(where or label, f"{prefix}template syntax error: nested too deeply"))
             continue
         for secret, line in sorted(secrets_used(ast)):
             if secret not in manifest.secrets:
