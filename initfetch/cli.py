@@ -219,9 +219,16 @@ def _resolve(
         resolver.close()
 
 
-def _render(manifest: Manifest, resolution: Resolution, redactor: Redactor) -> Rendered:
+def _render(
+    manifest: Manifest,
+    resolution: Resolution,
+    redactor: Redactor,
+    deadline: float | None = None,
+    timeout: float | None = None,
+) -> Rendered:
+    """`deadline`: the command's start + --timeout (time.monotonic()); `timeout` names it in errors."""
     meta = {name: r.meta() for name, r in resolution.info.items()}
-    return render(manifest, resolution.values, meta, redactor)
+    return render(manifest, resolution.values, meta, redactor, deadline=deadline, timeout=timeout)
 
 
 def _write(manifest: Manifest, resolution: Resolution, rendered: Rendered, args: argparse.Namespace) -> None:
@@ -289,6 +296,11 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
 
 
 def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    import time  # here, not at the top: the rest of this module is edited concurrently
+
+    if args.timeout <= 0:
+        raise BadInput("--timeout must be a positive number of seconds")
+    deadline = time.monotonic() + args.timeout  # resolving and rendering share --timeout
     manifest = _load(args, env, lenient=args.offline)
     if args.offline:
         values = preview.placeholders(manifest)
@@ -296,13 +308,15 @@ def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Reda
             n: Resolved(n, s.ref_text, s.ref_text.partition(":")[0], "offline").meta()
             for n, s in manifest.secrets.items()
         }
-        preview.show(sys.stdout, manifest, render(manifest, values, meta, None), None, None)
+        rendered = render(manifest, values, meta, None, deadline=deadline, timeout=args.timeout)
+        preview.show(sys.stdout, manifest, rendered, None, None)
         return 0
     resolution = _resolve(manifest, args, env, redactor)
-    rendered = _render(manifest, resolution, redactor)  # the real render must succeed too
+    # the real render must succeed too
+    rendered = _render(manifest, resolution, redactor, deadline, args.timeout)
     if not args.reveal:
         meta = {name: r.meta() for name, r in resolution.info.items()}
-        rendered = preview.masked(manifest, resolution.values, meta, rendered)
+        rendered = preview.masked(manifest, resolution.values, meta, rendered, redactor, deadline)
     preview.show(sys.stdout, manifest, rendered, resolution.info, redactor)
     return 0
 
