@@ -74,7 +74,7 @@ class Schedule:
         """A renewal at `now` granted `granted` seconds; less than first asked means max TTL."""
         entry = self.entries[key]
         entry.expires_at = now + granted
-        capped = granted <= 0 or granted + 1 < entry.requested
+        capped = granted <= 0 or granted < entry.requested
         entry.action = REPLACE if capped else RENEW
         entry.at = now + granted * self._renew_fraction()
         self._ok(entry, now)

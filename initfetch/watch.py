@@ -258,7 +258,7 @@ class Watcher:
                 continue
             try:
                 vault_leases.revoke(self._vault(item.instance), item.lease_id, self._ctx())
-                log.info("revoked the replaced lease %s", item.lease_id)
+                log.info("revoked lease %s", item.lease_id)
             except SecretError as e:
                 log.warning("revoking lease %s failed (%s); it ends at its TTL", item.lease_id, e.kind)
         self.revokes = keep
@@ -309,13 +309,8 @@ class Watcher:
         )
         changed = [n for n in names if values.get(n) != self.values.get(n)]
         for name in changed:
-            old, new = self.info.get(name), info[name]
             log.info(
-                "secret %s changed: %s (version %s -> %s)",
-                name,
-                new.ref,
-                (old.version if old else None) or "-",
-                new.version or "-",
+                "secret %s changed: %s (%s)", name, info[name].ref, _versions(self.info.get(name), info[name])
             )
             self._remember(name, self.values.get(name))
         replaced = self._reschedule(keys, info, now)
@@ -427,6 +422,14 @@ def wipe_files(out_dir: Path, files: Iterable[str]) -> None:
             for fd in fds:
                 os.close(fd)
     log.info("removed the rendered files from %s", out_dir)
+
+
+def _versions(old: Resolved | None, new: Resolved) -> str:
+    """`version 3 -> 4`, or the lease ids of a dynamic secret: never a value."""
+    if new.lease is not None or (old is not None and old.lease is not None):
+        before = old.lease.id if old is not None and old.lease is not None else "-"
+        return f"lease {before} -> {new.lease.id if new.lease else '-'}"
+    return f"version {(old.version if old else None) or '-'} -> {new.version or '-'}"
 
 
 def _marker(info: Mapping[str, Resolved], rendered: Rendered) -> dict[str, Any]:
