@@ -65,8 +65,9 @@ _MEMORY_FACTOR = 16
 _MEMORY_FLOOR = 256 * 1024 * 1024
 
 
-class TemplateLimit(Exception):
-    """A template hit a limit; the message names it and never quotes a value.
+class TemplateRefused(Exception):
+    """A template hit a limit or asked for an output nothing can hold; the message
+    names the limit or the reason and never quotes a value.
 
     An Exception (not a BaseException) so Jinja rewrites the traceback to the
     template line; template code cannot catch anything, and no Jinja code on the
@@ -181,7 +182,7 @@ def _binop_estimate(operator: str, left: Any, right: Any, budget: int) -> int | 
 
 def _check_int_bits(bits: float) -> None:
     if bits > _MAX_INT_BITS:
-        raise TemplateLimit(f"a number would have more than {MAX_INT_DIGITS} digits")
+        raise TemplateRefused(f"a number would have more than {MAX_INT_DIGITS} digits")
 
 
 _SEQ = (str, bytes, list, tuple)
@@ -309,8 +310,8 @@ class Sandbox(ImmutableSandboxedEnvironment):
             if rss is not None and rss - self._rss_start > self.memory_budget:
                 raise _OutOfMemory
 
-    def too_large(self) -> TemplateLimit:
-        return TemplateLimit(
+    def too_large(self) -> TemplateRefused:
+        return TemplateRefused(
             f"a value computed in the template is too large: {exceeded('output_size', self.max_size)}"
         )
 
@@ -498,7 +499,7 @@ def environment(
         "b64encode": (b64encode, "b64"),
         "b64decode": (b64decode, "b64decode"),
         "fromjson": (json.loads, "fromjson"),
-        "shquote": (lambda v: shlex.quote(_text(v)), "sh"),
+        "shquote": (shell_quote, "sh"),
         "dotenv": (dotenv_quote, "dotenv"),
     }
     for name, (fn, tag) in filters.items():
@@ -564,10 +565,25 @@ def b64decode(value: Any) -> str | bytes:
         return data
 
 
-def dotenv_quote(value: Any) -> str:
-    """Double-quoted dotenv value: backslash, quote, $ and newlines escaped."""
+def shell_quote(value: Any) -> str:
     text = _text(value)
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("\n", "\\n")
+    if "\0" in text:
+        raise TemplateRefused("shquote: the value contains a NUL byte, which no shell word can hold")
+    return shlex.quote(text)
+
+
+def dotenv_quote(value: Any) -> str:
+    """Double-quoted dotenv value: backslash, quote, $, newlines and carriage returns escaped."""
+    text = _text(value)
+    if "\0" in text:
+        raise TemplateRefused("dotenv: the value contains a NUL byte, which no environment variable can hold")
+    escaped = (
+        text.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("$", "\\$")
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+    )
     return f'"{escaped}"'
 
 
@@ -624,12 +640,14 @@ def _error(e: Exception, file: str, name: str, source: str) -> Problem:
         return Problem(Loc(file, e.lineno or 0), f"template syntax error: {e.message}")
     line = _template_line(e.__traceback__, name)
     where = Loc(file, line)
-    if isinstance(e, TemplateLimit):
+    if isinstance(e, TemplateRefused):
         return Problem(where, f"template error: {e}")
     if isinstance(e, RecursionError):
         return Problem(
             where, "template error: nested or recursive too deeply (a macro or include that calls itself?)"
         )
+    if isinstance(e, UnicodeError):  # its message quotes the bytes around the bad one
+        return Problem(where, "template error: a value is binary, not UTF-8 text (b64encode can encode it)")
     if isinstance(e, MemoryError):
         return Problem(where, "template error: out of memory")
     if isinstance(e, jinja2.TemplateNotFound):
