@@ -249,9 +249,10 @@ class Proxy:
             target = head.split(b" ", 2)[1].decode()
             body = json.dumps({r.name: r.stats.as_dict() for r in self.routes}).encode()
             if "reset=1" in target:
+                # Connections still open keep counting down on the object they started with,
+                # so connections from an earlier run do not count as open in the next one.
                 for r in self.routes:
-                    active = r.stats.active
-                    r.stats = RouteStats(active=active, max_active=active)
+                    r.stats = RouteStats()
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()

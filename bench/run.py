@@ -38,7 +38,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ if str(REPO) not in sys.path:
 
 from bench import report  # noqa: E402
 from bench.backends import ROUTE_BACKEND, Backends, agent_binary  # noqa: E402
-from bench.measure import Run, Spawned, run_once, summary  # noqa: E402
+from bench.measure import Launcher, Run, summary  # noqa: E402
 from bench.workloads import (  # noqa: E402
     Workload,
     agent_files,
@@ -197,7 +196,9 @@ def attach_stats(run: Run, stats: dict[str, Any]) -> None:
             run.paths[key] = run.paths.get(key, 0) + count
 
 
-def run_scenario(sc: Scenario, b: Backends, env: dict[str, str], runs: int, logs: Path) -> None:
+def run_scenario(
+    sc: Scenario, b: Backends, launcher: Launcher, env: dict[str, str], runs: int, logs: Path
+) -> None:
     expected = sc.workload.expected() if sc.workload else None
     sc.runs = {c.name: [] for c in sc.contenders}
     total = sc.warmup + runs
@@ -209,7 +210,7 @@ def run_scenario(sc: Scenario, b: Backends, env: dict[str, str], runs: int, logs
                 c.out.unlink(missing_ok=True)
             b.proxy.stats(reset=True)
             logfile = logs / f"{sc.id}-{c.name}-{r}.log"
-            run = run_once(c.argv, {**env, **c.env}, logfile, timeout=900)
+            run = launcher.run(c.argv, {**env, **c.env}, logfile, timeout=900)
             attach_stats(run, b.proxy.stats(reset=True))
             problem = check_output(c, expected) if run.rc == 0 else f"exit {run.rc}"
             if problem:
@@ -264,25 +265,9 @@ def import_floor_scenario(runs: int) -> Scenario:
 # --- fleet -------------------------------------------------------------------------------------
 
 
-def reap_all(spawned: list[Spawned], t0: float) -> tuple[list[Run], list[float]]:
-    """Reap every child in its own thread, so each exit time is seen when it happens."""
-    done: list[Run | None] = [None] * len(spawned)
-    ends = [0.0] * len(spawned)
-
-    def reap(i: int) -> None:
-        done[i] = spawned[i].reap()
-        ends[i] = time.perf_counter() - t0
-
-    threads = [threading.Thread(target=reap, args=(i,)) for i in range(len(spawned))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return [r for r in done if r is not None], ends
-
-
 def run_fleet(
     b: Backends,
+    launcher: Launcher,
     env: dict[str, str],
     work: Path,
     logs: Path,
@@ -305,9 +290,8 @@ def run_fleet(
         for i in range(procs):
             shutil.rmtree(d / f"out-{i}", ignore_errors=True)
         b.proxy.stats(reset=True)
-        t0 = time.perf_counter()
-        spawned = [
-            Spawned(
+        ids = [
+            launcher.start(
                 [
                     INITFETCH,
                     "render",
@@ -325,13 +309,14 @@ def run_fleet(
             )
             for i in range(procs)
         ]
-        spawn_s = time.perf_counter() - t0
-        done, ends = reap_all(spawned, t0)
-        last = time.perf_counter() - t0
+        done = [launcher.wait(i) for i in ids]
+        t0 = min(x.start for x in done)
+        ends = [x.end - t0 for x in done]
+        last = max(ends)
+        spawn_s = max(x.start for x in done) - t0
         stats = b.proxy.stats(reset=True)["fleet"]
         failed = 0
         for i, run in enumerate(done):
-            assert run is not None
             out = d / f"out-{i}" / "out.txt"
             good = run.rc == 0 and out.exists() and out.read_text() == expected
             if not good:
@@ -350,8 +335,8 @@ def run_fleet(
             "429s": stats["statuses"].get("429", 0),
             "statuses": stats["statuses"],
             "max_connections": stats["max_active"],
-            "peak_rss_mb": max(x.rss_mb for x in done if x),
-            "cpu_s": sum(x.cpu for x in done if x),
+            "peak_rss_mb": max(x.rss_mb for x in done),
+            "cpu_s": sum(x.cpu for x in done),
         }
         if r >= 1:
             results.append(rec)
@@ -462,6 +447,7 @@ def main() -> None:
     logs.mkdir()
     log(f"work directory {work}; {runs} runs; delay {a.delay_ms:g} ms per request")
     b = Backends.start(work / "backends", a.delay_ms)
+    launcher = Launcher()
     try:
         home = work / "home"
         home.mkdir()
@@ -515,16 +501,17 @@ def main() -> None:
                 b.seed(sc.workload)
         for sc in scenarios:
             log(f"running {sc.id} ({', '.join(c.name for c in sc.contenders)})")
-            run_scenario(sc, b, env, runs, logs)
+            run_scenario(sc, b, launcher, env, runs, logs)
 
         fleet = None
         if "fleet" in only:
             log(f"fleet: {fleet_procs} processes x {a.fleet_n} secrets, quota {a.fleet_rate:g}/s")
             fleet = run_fleet(
-                b, env, work, logs, fleet_procs, a.fleet_n, a.fleet_rate, runs, a.fleet_deadline
+                b, launcher, env, work, logs, fleet_procs, a.fleet_n, a.fleet_rate, runs, a.fleet_deadline
             )
         imports = import_checks(b, env, work) if "imports" in only else None
     finally:
+        launcher.stop()
         b.stop()
 
     meta = {
