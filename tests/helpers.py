@@ -24,6 +24,54 @@ def register_canary(value: str) -> str:
     return value
 
 
+# Outputs of initfetch processes started during the current test: (label, text). The leak
+# check scans them after each test phase. Every subprocess started through the subprocess
+# module is seen (tests/conftest.py wraps Popen.communicate), so a test's own `run` helper
+# is covered as well as run_cli.
+RECORDED: list[tuple[str, str]] = []
+
+
+def _words(args: object) -> list[str]:
+    if isinstance(args, str | bytes | os.PathLike):
+        text = os.fsdecode(args)
+        return text.split() if " " in text else [text]  # a shell command line, or one program
+    try:
+        return [os.fsdecode(a) if isinstance(a, str | bytes | os.PathLike) else str(a) for a in args]  # type: ignore[attr-defined]
+    except TypeError:
+        return [str(args)]
+
+
+def is_initfetch(args: object) -> bool:
+    """Whether a Popen argv starts initfetch (`python -m initfetch ...` or an `initfetch` entry point)."""
+    words = _words(args)
+    for i, w in enumerate(words[:3]):
+        if w == "initfetch" or w.endswith("/initfetch"):
+            return True
+        if w == "-m" and i + 1 < len(words) and words[i + 1] == "initfetch":
+            return True
+    return False
+
+
+def record_process_output(args: object, stdout: object, stderr: object) -> None:
+    """Keep an initfetch process's outputs for the leak check.
+
+    Not kept: stdout of `preview --reveal` (it prints values on purpose) and stdout of
+    `exec` (that is the application's own output).
+    """
+    if not is_initfetch(args):
+        return
+    words = _words(args)
+    command = next((w for w in words if w in ("render", "exec", "preview", "check", "healthcheck")), "")
+    label = " ".join(words[words.index(command) :][:6]) if command else " ".join(words[:4])
+    reveal = command == "preview" and "--reveal" in words
+    for stream, text in (("stdout", stdout), ("stderr", stderr)):
+        if text is None or (stream == "stdout" and (reveal or command == "exec")):
+            continue
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        RECORDED.append((f"{stream} of initfetch {label}", str(text)))
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """A minimal environment: no cloud credentials or CA variables leak in from the machine."""
     env = {
