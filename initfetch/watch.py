@@ -105,7 +105,9 @@ class Watcher:
         self.revokes: list[_Revoke] = []
         self.expired: set[str] = set()
         self._previous: dict[str, Any] = {}  # the value before the current one, still masked
+        self._status_written: dict[str, Any] | None = None
         self._plan(self.clock())
+        self._status(self.clock())  # from now on the render counts as watched (--max-stale)
 
     # --- planning ---
 
@@ -387,9 +389,13 @@ class Watcher:
             for e in self.schedule.entries.values()
             if e.failures
         ]
-        wall_since = None if since is None else time.time() - (now - since)
+        wall_since = None if since is None else round(time.time() - (now - since), 3)
+        body = watch_status.body(wall_since, sorted(self.expired), failing)
+        if body == self._status_written:
+            return
         try:
-            watch_status.write(self.out_dir, watch_status.body(wall_since, sorted(self.expired), failing))
+            watch_status.write(self.out_dir, body)
+            self._status_written = body
         except OSError as e:
             log.warning("cannot write the watch status file: %s", e.strerror or type(e).__name__)
 

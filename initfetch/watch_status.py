@@ -4,11 +4,12 @@
 current: a refresh that changes nothing rewrites no rendered file and no
 marker, yet must still count as fresh. It holds times and names, never values:
 
-    {"updated_at": 1767000000.0, "stale_since": null, "expired": [], "failing": []}
+    {"stale_since": null, "expired": [], "failing": []}
 
 `stale_since` is when the oldest failing item last succeeded (null while
-nothing fails). Without a status file (`render`, `render --hold`) the render
-is as old as the completion marker.
+nothing fails). It is rewritten only when that state changes. Without a
+status file (`render`, `render --hold`) the render is as old as the
+completion marker.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def write(out_dir: Path, body: Mapping[str, Any]) -> None:
 
 
 def body(stale_since: float | None, expired: Sequence[str], failing: Sequence[str]) -> dict[str, Any]:
+    """No clock of its own: a watcher whose state did not change rewrites nothing."""
     return {
-        "updated_at": time.time(),
         "stale_since": stale_since,
         "expired": sorted(expired),
         "failing": sorted(failing),
