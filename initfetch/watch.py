@@ -285,13 +285,16 @@ class Watcher:
     def refresh(self, keys: set[Doc], now: float) -> bool:
         """Re-read `keys`; on success write what changed and notify. Returns whether it succeeded."""
         names = sorted({n for k in keys for n in self.docs[k]})
+        deadline = time.monotonic() + self.timeout  # resolving and rendering share --timeout, as at first
         try:
             resolution = self.resolve(names)
             values = {k: v for k, v in self.values.items() if k not in names}
             values.update(resolution.values)
             info = {**self.info, **resolution.info}
             meta = {name: r.meta() for name, r in info.items()}
-            rendered = render(self.manifest, values, meta, self.redactor)
+            rendered = render(
+                self.manifest, values, meta, self.redactor, deadline=deadline, timeout=self.timeout
+            )
             files = {d: b for d, b in rendered.files.items() if self.rendered.files.get(d) != b}
             if files and self.out_dir is not None:
                 writer.write_all(
