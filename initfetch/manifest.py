@@ -571,7 +571,10 @@ def _mode(chk: _Checker, entry: LDict, what: str) -> int:
     if "mode" not in entry:
         return DEFAULT_MODE
     raw, where = entry["mode"], entry.at("mode")
-    bad = f'{what}: mode must be octal permissions like "0400" (no setuid bits)'
+    bad = (
+        f'{what}: mode must be octal permissions: "0440" (a quoted string is read as octal) '
+        "or 0440 unquoted; no setuid bits"
+    )
     if isinstance(raw, int) and not isinstance(raw, bool):
         text = (entry.text("mode") or "").replace("_", "")
         if not re.match(r"^0[0-7]*$", text):  # decimal, hex, binary or sexagesimal
