@@ -181,6 +181,22 @@ class Backends:
             except Exception as e:
                 print(f"warning: stopping {type(s).__name__}: {e}", file=sys.stderr)
 
+    def server_cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by the proxy and the OpenBao servers (to see who waits on whom)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for name, proc in (
+            ("proxy", self.proxy.proc),
+            ("openbao", self.vault.proc),
+            ("openbao-fleet", self.fleet.proc),
+        ):
+            try:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[name] = (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, IndexError, ValueError):
+                pass
+        return out
+
     # --- what the contenders are told ---
 
     @property

@@ -26,7 +26,8 @@ running in the bench process):
 
 It prints one JSON line, {"control": PORT, "routes": {"vault": PORT, ...}},
 then serves until killed. `GET http://127.0.0.1:CONTROL/stats` returns the
-counters as JSON; `/stats?reset=1` returns them and starts new ones.
+counters as JSON ({"routes": {NAME: {...}}, "cpu": the proxy's CPU seconds so
+far}); `/stats?reset=1` returns them and starts new ones.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import re
 import socket
 import ssl
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,7 +249,8 @@ class Proxy:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             target = head.split(b" ", 2)[1].decode()
-            body = json.dumps({r.name: r.stats.as_dict() for r in self.routes}).encode()
+            stats = {r.name: r.stats.as_dict() for r in self.routes}
+            body = json.dumps({"routes": stats, "cpu": time.process_time()}).encode()
             if "reset=1" in target:
                 # Connections still open keep counting down on the object they started with,
                 # so connections from an earlier run do not count as open in the next one.

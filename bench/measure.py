@@ -30,6 +30,7 @@ class Run:
     statuses: dict[str, int] = field(default_factory=dict)  # HTTP status -> count, all backends
     max_connections: dict[str, int] = field(default_factory=dict)  # per backend, at once
     paths: dict[str, int] = field(default_factory=dict)  # "METHOD /path/with/N" -> count, all backends
+    server_cpu: dict[str, float] = field(default_factory=dict)  # CPU s the proxy / OpenBao used meanwhile
     ok: bool = True  # exit 0 and the expected output
     note: str = ""
     start: float = 0.0  # CLOCK_MONOTONIC at start and at exit (the fleet needs them)

@@ -209,9 +209,12 @@ def run_scenario(
             if c.out is not None:
                 c.out.unlink(missing_ok=True)
             b.proxy.stats(reset=True)
+            cpu0 = b.server_cpu()
             logfile = logs / f"{sc.id}-{c.name}-{r}.log"
             run = launcher.run(c.argv, {**env, **c.env}, logfile, timeout=900)
-            attach_stats(run, b.proxy.stats(reset=True))
+            cpu1 = b.server_cpu()
+            attach_stats(run, b.proxy.stats(reset=True)["routes"])
+            run.server_cpu = {k: round(cpu1[k] - cpu0[k], 3) for k in cpu1 if k in cpu0}
             problem = check_output(c, expected) if run.rc == 0 else f"exit {run.rc}"
             if problem:
                 run.ok = False
@@ -314,7 +317,7 @@ def run_fleet(
         ends = [x.end - t0 for x in done]
         last = max(ends)
         spawn_s = max(x.start for x in done) - t0
-        stats = b.proxy.stats(reset=True)["fleet"]
+        stats = b.proxy.stats(reset=True)["routes"]["fleet"]
         failed = 0
         for i, run in enumerate(done):
             out = d / f"out-{i}" / "out.txt"
