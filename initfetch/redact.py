@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -28,12 +27,29 @@ def mask(label: str) -> str:
     return f"<secret:{label}>"
 
 
+# Matching: every registered form is found by one Aho-Corasick pass over the
+# text (pyahocorasick). Only a form's first ANCHOR characters go into the
+# automaton; a hit is confirmed with startswith. Building therefore costs
+# O(number of forms), not O(total size of the values): forty 32 KB
+# certificates make an automaton of a few hundred KB, not of megabytes.
+ANCHOR = 16
+
+
 class Redactor:
+    """Masks registered values in any text, in time linear in the text.
+
+    The matcher is built lazily, once per batch of additions: register every
+    value of a resolution (`add`), then scrub as many lines as you like.
+    `builds` counts matcher builds, so tests can prove the work per line does
+    not grow with the number of values.
+    """
+
     def __init__(self, min_len: int = MIN_LEN) -> None:
         self.min_len = min_len
         self._labels: dict[str, str] = {}
-        self._pattern: re.Pattern[str] | None = None
+        self._matcher: Any = None
         self._lock = threading.Lock()
+        self.builds = 0
 
     def add(self, value: Any, label: str) -> None:
         """Register a value (and its string leaves and common encodings) under a label."""
@@ -41,7 +57,7 @@ class Redactor:
             for text in _forms(value):
                 if len(text) >= self.min_len and text not in self._labels:
                     self._labels[text] = label
-                    self._pattern = None
+                    self._matcher = None
 
     def label_of(self, value: Any) -> str | None:
         return self._labels.get(value) if isinstance(value, str) else None
@@ -51,16 +67,48 @@ class Redactor:
         structured fields (names, references) that come from the manifest, not a backend."""
         if not self._labels or not text:
             return text
-        pattern = self._pattern
-        if pattern is None:
-            with self._lock:
-                # Longest first, so a value that contains another is masked whole.
-                ordered = sorted(self._labels, key=len, reverse=True)
-                pattern = self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+        matcher = self._matcher or self._build()
         floor = min_len or 0
-        return pattern.sub(
-            lambda m: mask(self._labels[m.group(0)]) if len(m.group(0)) >= floor else m.group(0), text
-        )
+        # Every anchor hit, confirmed; then leftmost-longest, non-overlapping, like
+        # one regex alternation of all values sorted longest first.
+        found: list[tuple[int, int, str]] = []
+        for end, (anchor_len, candidates) in matcher.iter(text):
+            start = end - anchor_len + 1
+            for form in candidates:  # longest first
+                if len(form) >= floor and text.startswith(form, start):
+                    found.append((start, start + len(form), form))
+                    break
+        if not found:
+            return text
+        found.sort(key=lambda m: (m[0], m[0] - m[1]))
+        out: list[str] = []
+        pos = 0
+        for start, stop, form in found:
+            if start < pos:
+                continue
+            out.append(text[pos:start])
+            out.append(mask(self._labels[form]))
+            pos = stop
+        out.append(text[pos:])
+        return "".join(out)
+
+    def _build(self) -> Any:
+        import ahocorasick
+
+        with self._lock:
+            if self._matcher is not None:
+                return self._matcher
+            by_anchor: dict[str, list[str]] = {}
+            for form in self._labels:
+                by_anchor.setdefault(form[:ANCHOR], []).append(form)
+            automaton = ahocorasick.Automaton()
+            for anchor, forms in by_anchor.items():
+                forms.sort(key=len, reverse=True)
+                automaton.add_word(anchor, (len(anchor), forms))
+            automaton.make_automaton()
+            self._matcher = automaton
+            self.builds += 1
+            return automaton
 
     def __bool__(self) -> bool:  # an empty redactor is still a redactor
         return True
