@@ -333,7 +333,8 @@ def _load_providers(
             options.setdefault("base_dir", str(base_dir))
         cls = providers.provider_class(type_)
         for keypath, message in cls.check_options(options):
-            chk.add(_locate(conf, keypath), f"provider '{name}': {message}")
+            # a provider's message may quote an option's value: only identifier-like text stays
+            chk.add(_locate(conf, keypath), f"provider '{name}': {yamlsrc.clean_quotes(message)}")
         manifest.providers[name] = ProviderConfig(name, type_, options, keep is True, where)
 
 
@@ -412,8 +413,8 @@ def check_reference(
         return None  # lenient, and a variable is unset: cannot be checked further
     conf = instances[scheme]
     problem = providers.provider_class(conf.type).check_reference(ref)
-    if problem:
-        chk.add(where, f"{what}: {problem}")
+    if problem:  # it may quote part of the reference: only identifier-like text stays
+        chk.add(where, f"{what}: {yamlsrc.clean_quotes(problem)}")
     return ref
 
 
@@ -662,7 +663,7 @@ def env_var_names(mapping: Mapping[str, Any], prefix: str) -> dict[str, str]:
     for key in mapping:
         name = prefix + re.sub(r"[/\-. ]", "_", str(key).strip("/")).upper()
         if not ENV_NAME_RE.match(name):
-            raise ValueError(f"key '{key}' does not map to a valid variable name ({name!r})")
+            raise ValueError(f"key {shown(str(key))} does not map to a valid variable name ({shown(name)})")
         if name in out.values():
             raise ValueError(f"two keys map to the variable name {name}")
         out[str(key)] = name

@@ -114,7 +114,9 @@ class _Builder:
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             where = self.loc(mark) if mark else Loc(self.file)
-            return None, [Problem(where, f"invalid YAML: {_clean(e.problem or e.context or 'syntax error')}")]
+            return None, [
+                Problem(where, f"invalid YAML: {clean_quotes(e.problem or e.context or 'syntax error')}")
+            ]
         except yaml.reader.ReaderError as e:
             return None, [Problem(self.at_offset(e.position), "invalid YAML: a control character")]
         except yaml.YAMLError as e:
@@ -255,6 +257,9 @@ class _Builder:
         return Loc(self.file, before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1)
 
 
-def _clean(message: str) -> str:
-    """PyYAML's reason, with any quoted text from the document replaced by `shown()`."""
+def clean_quotes(message: str) -> str:
+    """A message with each 'quoted' or "quoted" part replaced by `shown()` of it.
+
+    For text built by code that quotes what it read (PyYAML, a provider's checks).
+    """
     return _QUOTED.sub(lambda m: shown(m.group(1) if m.group(1) is not None else m.group(2)), message)
