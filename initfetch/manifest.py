@@ -663,7 +663,7 @@ def env_var_names(mapping: Mapping[str, Any], prefix: str) -> dict[str, str]:
     for key in mapping:
         name = prefix + re.sub(r"[/\-. ]", "_", str(key).strip("/")).upper()
         if not ENV_NAME_RE.match(name):
-            raise ValueError(f"key {shown(str(key))} does not map to a valid variable name ({shown(name)})")
+            raise ValueError(f"key '{key}' does not map to a valid variable name ({name!r})")
         if name in out.values():
             raise ValueError(f"two keys map to the variable name {name}")
         out[str(key)] = name
