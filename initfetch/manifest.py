@@ -420,6 +420,7 @@ def check_reference(
 
 def _load_outputs(chk: _Checker, data: LDict, manifest: Manifest, base_dir: Path) -> None:
     seen: dict[str, Loc] = {}
+    dirs: dict[str, str] = {}  # a directory some dest needs -> the first such dest
     for section_name, allowed in (("templates", TEMPLATE_KEYS), ("files", FILE_KEYS)):
         section = data.get(section_name)
         if section is None:
@@ -442,9 +443,12 @@ def _load_outputs(chk: _Checker, data: LDict, manifest: Manifest, base_dir: Path
                     f"dest {shown(out.dest)} is written twice (also at line {seen[out.dest].line})",
                 )
                 continue
-            clash = next(
-                (d for d in seen if d.startswith(out.dest + "/") or out.dest.startswith(d + "/")), None
-            )
+            # A parent of this dest written as a file, or this dest a parent of another:
+            # found through the set of every written dest's directories (linear, not n²).
+            parents = [posixpath.dirname(out.dest)]
+            while parents[-1]:
+                parents.append(posixpath.dirname(parents[-1]))
+            clash = next((p for p in parents if p in seen), None) or dirs.get(out.dest)
             if clash is not None:
                 chk.add(
                     entry.at("dest"),
@@ -453,6 +457,8 @@ def _load_outputs(chk: _Checker, data: LDict, manifest: Manifest, base_dir: Path
                 )
                 continue
             seen[out.dest] = entry.at("dest")
+            for p in parents[:-1]:
+                dirs.setdefault(p, out.dest)
             manifest.outputs.append(out)
 
 

@@ -354,3 +354,12 @@ def test_defaults_and_dollar_dollar_still_work(tmp_path: Path) -> None:
     r = run_cli(["render", "-o", str(tmp_path / "o"), "--allow-disk"], env=clean_env(V="v"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o/a").read_text() == "v" and (tmp_path / "o/b").read_text() == "dollar"
+
+
+@pytest.mark.parametrize("order", [("x", "x/y/z"), ("x/y/z", "x"), ("x/y/z", "x/y")])
+def test_a_dest_needed_as_a_file_and_a_directory_either_way_round(
+    tmp_path: Path, order: tuple[str, str]
+) -> None:
+    files = ", ".join(f"{{secret: a, dest: {d}}}" for d in order)
+    r = check(tmp_path, f"version: 1\nsecrets: {{a: env://A}}\nfiles: [{files}]\n")
+    assert_bad_input(r, "m.yaml:3:", "need the same path as a file and as a directory")
