@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from initfetch.limits import MIB
 from initfetch.manifest import load_manifest
@@ -363,3 +365,26 @@ def test_a_dest_needed_as_a_file_and_a_directory_either_way_round(
     files = ", ".join(f"{{secret: a, dest: {d}}}" for d in order)
     r = check(tmp_path, f"version: 1\nsecrets: {{a: env://A}}\nfiles: [{files}]\n")
     assert_bad_input(r, "m.yaml:3:", "need the same path as a file and as a directory")
+
+
+@given(st.text(alphabet="ab#?&=:/%~$${}\\ ", max_size=20))
+def test_no_value_of_a_variable_changes_the_structure(value: str) -> None:
+    for text, where in (
+        ("vault://p/${X}", "path"),
+        ("vault://p?q=${X}", "query"),
+        ("vault://p#${X}", "key"),
+        ("vault://p#/k/${X}", "segment"),
+    ):
+        try:
+            ref = expand_reference(text, {"X": value})
+        except RefSyntaxError:
+            assert value.strip() != value or value == "", (text, value)  # spaces around a path, an empty key
+            continue
+        assert ref is not None and ref.scheme == "vault"
+        expected = {
+            "path": ("p/" + value, (), None),
+            "query": ("p", (("q", value),), None),
+            "key": ("p", (), (value,)),
+            "segment": ("p", (), ("k", value)),
+        }[where]
+        assert (ref.path, ref.doc.query, ref.key) == expected
