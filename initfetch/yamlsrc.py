@@ -105,8 +105,9 @@ class _Builder:
         self.helper = _Loader("")  # resolves plain scalars' tags and constructs their values
 
     def run(self) -> tuple[Any, list[Problem]]:
-        loader = _Loader(self.text)
+        loader = None
         try:
+            loader = _Loader(self.text)  # the pure-Python reader checks characters here already
             while loader.check_event():
                 self.event(loader.get_event())
         except _Stop:
@@ -122,7 +123,8 @@ class _Builder:
         except yaml.YAMLError as e:
             return None, [Problem(Loc(self.file), f"invalid YAML: {type(e).__name__}")]
         finally:
-            loader.dispose()
+            if loader is not None:
+                loader.dispose()
             self.helper.dispose()
         return (self.root.value if self.root else None), self.problems
 
