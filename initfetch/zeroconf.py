@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from initfetch.errors import BadInput, Loc, Problem
+from initfetch.errors import BadInput, Loc, Problem, shown
 from initfetch.limits import Limits
 from initfetch.manifest import ENV_NAME_RE, Manifest, SecretSpec, _Checker, builtin_providers, check_reference
 
@@ -31,10 +31,10 @@ def manifest_from_env(environ: Mapping[str, str], base_dir: Path) -> Manifest:
         value = environ[name]
         if not value.startswith(PREFIX):
             continue
-        where = Loc(f"environment variable {name}")
-        if not ENV_NAME_RE.match(name):
-            chk.add(where, "not a valid variable name for a secret")
+        if not ENV_NAME_RE.match(name):  # then the name itself could be anything: not quoted
+            chk.add(Loc(f"environment variable {shown(name)}"), "not a valid variable name for a secret")
             continue
+        where = Loc(f"environment variable {name}")
         text = value[len(PREFIX) :]
         ref = check_reference(chk, text, where, manifest.providers, environ, False, name)
         if ref is not None:

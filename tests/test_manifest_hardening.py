@@ -388,3 +388,12 @@ def test_no_value_of_a_variable_changes_the_structure(value: str) -> None:
             "segment": ("p", (), ("k", value)),
         }[where]
         assert (ref.path, ref.doc.query, ref.key) == expected
+
+
+def test_zero_config_names_and_limits(tmp_path: Path) -> None:
+    env = clean_env(**{"BAD\nNAME": "initfetch+env://X", "X": "x"})
+    r = run_cli(["exec", "--", "true"], env=env, cwd=tmp_path)
+    assert_bad_input(r, "environment variable (not shown: 8 characters): not a valid variable name")
+    assert "BAD" not in r.stderr
+    r = run_cli(["exec", "--", "true"], env=clean_env(INITFETCH_LIMIT_SECRET_SIZE="huge"), cwd=tmp_path)
+    assert_bad_input(r, "INITFETCH_LIMIT_SECRET_SIZE must be a positive size")
