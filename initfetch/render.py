@@ -335,6 +335,7 @@ class Sandbox(ImmutableSandboxedEnvironment):
         return "".join(buf)
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        self.tick()
         self.refuse_over(_binop_estimate(operator, left, right, self.max_size))
         return self.checked(super().call_binop(context, operator, left, right))
 
@@ -375,6 +376,7 @@ class Sandbox(ImmutableSandboxedEnvironment):
 
         @functools.wraps(fn)  # keeps jinja_pass_arg, so Jinja still passes the context
         def bounded(*args: Any, **kwargs: Any) -> Any:
+            sandbox.tick()  # a loop's condition or a map() can repeat work without a block
             if name == "join" and len(args) > skip and not isinstance(args[skip], str | list | tuple):
                 items = list(itertools.islice(args[skip], sandbox.max_size + 1))
                 args = (*args[:skip], items, *args[skip + 1 :])
@@ -643,9 +645,7 @@ def _error(e: Exception, file: str, name: str, source: str) -> Problem:
     if isinstance(e, TemplateRefused):
         return Problem(where, f"template error: {e}")
     if isinstance(e, RecursionError):
-        return Problem(
-            where, "template error: nested or recursive too deeply (a macro or include that calls itself?)"
-        )
+        return Problem(where, "template error: nested too deeply (a macro or include that calls itself?)")
     if isinstance(e, UnicodeError):  # its message quotes the bytes around the bad one
         return Problem(where, "template error: a value is binary, not UTF-8 text (b64encode can encode it)")
     if isinstance(e, MemoryError):
@@ -710,6 +710,8 @@ def render_each(
     try:
         for out in manifest.outputs:
             env.tick()
+            if budget.spent:
+                break
             pending.remove(out.dest)
             if out.secret is not None:
                 if out.secret in values:
@@ -732,6 +734,8 @@ def render_each(
                 problems.append(_error(e, str(out.src), out.template_name, _source(out.src)))
         for name, (source, where) in manifest.env.items():
             env.tick()
+            if budget.spent:
+                break
             pending.remove(name)
             try:
                 value = budget.collect(env.from_string(source).generate(context), extra=len(name) + 2)
@@ -748,17 +752,17 @@ def render_each(
                 problems.append(Problem(where, f"env {name}: the value contains a NUL byte"))
             rendered_env[name] = value
         for spread in manifest.env_from:
+            if budget.spent:
+                break
             pending.remove(spread.secret)
             problem = _spread(spread, values.get(spread.secret), rendered_env)
             if problem:
                 failed.add(spread.secret)
                 problems.append(problem)
     except _OutOfTime:
-        failed.update(pending)
         shown = f" ({timeout:g}s)" if timeout else ""
         problems.append(Problem(None, f"rendering did not finish within --timeout{shown}"))
     except _OutOfMemory:
-        failed.update(pending)
         problems.append(
             Problem(
                 None,
@@ -767,6 +771,7 @@ def render_each(
                 "or INITFETCH_LIMIT_OUTPUT_SIZE)",
             )
         )
+    failed.update(pending)  # not rendered: the output limit or the deadline came first
     return Attempt(Rendered(files, rendered_env), problems, failed)
 
 
@@ -781,6 +786,11 @@ class _Budget:
         self.limit = limit
         self.left = limit
         self.message = exceeded("output_size", limit)
+
+    @property
+    def spent(self) -> bool:
+        """Past the limit: one line said so, and nothing more is rendered."""
+        return self.left < 0
 
     def take(self, n: int) -> bool:
         self.left -= n

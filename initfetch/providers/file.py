@@ -17,17 +17,10 @@ import os
 import stat
 from typing import ClassVar
 
-from initfetch.errors import AccessDenied, NotFound, SecretError
+from initfetch.errors import AccessDenied, NotFound, TooLarge
 from initfetch.limits import exceeded
 from initfetch.providers.base import Document, FetchContext, Provider
 from initfetch.reference import DocKey, Reference
-
-
-class TooLarge(SecretError):
-    """A document over limits.secret_size: it could not be resolved (exit 3), nothing is retried."""
-
-    kind = "too-large"
-
 
 # O_NONBLOCK: opening a FIFO with no writer returns at once instead of hanging (it is
 # then refused as not a regular file); regular files ignore the flag.
