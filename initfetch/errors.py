@@ -155,11 +155,45 @@ class BadVersion(SecretError):
     kind = "bad-version"
 
 
+class TooLarge(SecretError):
+    """A document over the `secret_size` limit: it could not be taken (exit 3)."""
+
+    kind = "too-large"
+
+
 class Unavailable(SecretError):
-    """Connection refused/reset, timeout, 429, 5xx, sealed or starting server."""
+    """Connection refused/reset, timeout, 429, 5xx, sealed or starting server.
+
+    `throttled` marks an answer that says "too many requests" (429, or 503 with
+    Retry-After): the instance then lowers its concurrency. `retry_after` is the
+    server's Retry-After in seconds, honoured before the next request.
+    """
 
     kind = "unavailable"
     transient = True
+
+    def __init__(self, message: str = "", *, throttled: bool = False, retry_after: float | None = None):
+        super().__init__(message)
+        self.throttled = throttled
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: object) -> float | None:
+    """A Retry-After header in seconds (delta-seconds or an HTTP date), or None."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    import time
+
+    return max(0.0, when.timestamp() - time.time())
 
 
 class BadReference(SecretError):

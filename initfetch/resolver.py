@@ -5,33 +5,33 @@ retried within one deadline, every failure reported together.
   served by ONE read. A dynamic Vault credential's username and password must
   come from the same lease, so this is correctness, not only speed.
 - Work units (one document, or a batch for providers with `batch_size > 1`)
-  run on daemon threads, bounded globally and per provider instance.
-- Transient errors are retried with tenacity (exponential backoff with full
-  jitter) until the deadline; a unit still hanging at the deadline is reported
-  as unavailable, and its thread is abandoned (daemon) rather than waited for.
+  run on a pool of `--concurrency` daemon threads, so the total in flight is
+  really bounded; each provider instance has its own adaptive limit
+  (initfetch.pacing: halves on throttling, honours Retry-After, grows back).
+- Transient errors are retried with exponential backoff and full jitter
+  (tenacity's, imported at the first retry) until the deadline; a unit waiting
+  for its retry holds no thread. A unit still hanging at the deadline is
+  reported as unavailable and its thread abandoned (daemon), not waited for.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    wait_random_exponential,
-)
-
 from initfetch import providers
-from initfetch.errors import MissingKey, Problem, ResolveFailed, SecretError, Unavailable
+from initfetch.errors import MissingKey, Problem, ResolveFailed, SecretError, TooLarge, Unavailable
+from initfetch.limits import exceeded
 from initfetch.logs import audit
 from initfetch.manifest import Manifest, SecretSpec
+from initfetch.pacing import AdaptiveLimit
 from initfetch.providers.base import Document, FetchContext, Lease, Provider
 from initfetch.redact import Redactor
 from initfetch.reference import DocKey
@@ -39,6 +39,9 @@ from initfetch.reference import DocKey
 log = logging.getLogger("initfetch.resolver")
 
 OPTIONAL_KINDS = {"not-found", "missing-key"}  # what `optional`/`default` may stand in for
+# Threads for the whole run (`--concurrency`): enough that 300 reads at 20 ms take a
+# handful of round trips. Each instance has its own ceiling on top (`concurrency:`).
+DEFAULT_CONCURRENCY = 64
 
 
 def last_attempt_reserve(timeout: float) -> float:
@@ -81,17 +84,15 @@ class Resolution:
     instances: dict[str, Provider]
 
 
-class _StillTransient(Exception):
-    """Raised inside a tenacity attempt while some documents are still transient."""
-
-
 @dataclass
 class _Unit:
     instance: str
     docs: list[DocKey]
     results: dict[DocKey, Document | SecretError] = field(default_factory=dict)
     ms: dict[DocKey, int] = field(default_factory=dict)
-    done: threading.Event = field(default_factory=threading.Event)
+    pending: list[DocKey] = field(default_factory=list)  # still to read (all, then the transient ones)
+    attempts: int = 0
+    started: float = 0.0
 
 
 class Resolver:
@@ -102,7 +103,7 @@ class Resolver:
         redactor: Redactor,
         *,
         timeout: float = 60.0,
-        concurrency: int = 16,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         self.manifest = manifest
         self.environ = environ
@@ -110,6 +111,7 @@ class Resolver:
         self.timeout = timeout
         self.concurrency = max(1, concurrency)
         self.instances: dict[str, Provider] = {}
+        self.pacing: dict[str, AdaptiveLimit] = {}
 
     def instance(self, name: str) -> Provider:
         inst = self.instances.get(name)
@@ -126,7 +128,7 @@ class Resolver:
         for spec in specs:
             assert spec.ref is not None
             groups.setdefault((spec.ref.scheme, spec.ref.doc), []).append(spec)
-        ctx = FetchContext(time.monotonic() + self.timeout)
+        ctx = FetchContext(time.monotonic() + self.timeout, max_size=self.manifest.limits.secret_size)
         units = self._units(groups)
         self._run(units, ctx)
         documents: dict[tuple[str, DocKey], tuple[Document | SecretError, int]] = {}
@@ -149,65 +151,16 @@ class Resolver:
         return units
 
     def _run(self, units: list[_Unit], ctx: FetchContext) -> None:
-        overall = threading.BoundedSemaphore(self.concurrency)
-        per_instance = {
-            name: threading.BoundedSemaphore(max(1, inst.max_concurrency))
-            for name, inst in self.instances.items()
-        }
-        for unit in units:
-            thread = threading.Thread(
-                target=self._run_unit,
-                args=(unit, ctx, overall, per_instance[unit.instance]),
-                name=f"fetch-{unit.instance}",
-                daemon=True,  # a hung backend must not keep the process past the deadline
-            )
-            thread.start()
-        for unit in units:
-            unit.done.wait(max(0.0, ctx.remaining()) + 0.5)
-
-    def _run_unit(
-        self,
-        unit: _Unit,
-        ctx: FetchContext,
-        overall: threading.BoundedSemaphore,
-        mine: threading.BoundedSemaphore,
-    ) -> None:
-        inst = self.instances[unit.instance]
-        pending = list(unit.docs)
-        started = time.monotonic()
-
-        def attempt_once() -> None:
-            nonlocal pending
-            with overall, mine:
-                got = _call(inst, pending, ctx)
-            now_ms = int((time.monotonic() - started) * 1000)
-            unit.results.update(got)
-            for doc in pending:
-                unit.ms[doc] = now_ms
-            pending = [d for d in pending if isinstance(got[d], SecretError) and got[d].transient]  # type: ignore[union-attr]
-            if pending:
-                raise _StillTransient
-
-        backoff = wait_random_exponential(multiplier=0.1, max=4)
-        reserve = last_attempt_reserve(self.timeout)
-
-        def wait(state: RetryCallState) -> float:
-            # Never sleep past the point where one last attempt still fits before the deadline.
-            return max(0.0, min(backoff(state), ctx.remaining() - reserve))
-
-        retrying = Retrying(
-            retry=retry_if_exception_type(_StillTransient),
-            wait=wait,
-            stop=lambda state: ctx.remaining() < reserve,
-            before_sleep=lambda state: _log_retry(unit, pending, state),
-            reraise=True,
-        )
-        try:
-            retrying(attempt_once)
-        except _StillTransient:
-            pass  # the last transient errors stay in unit.results
-        finally:
-            unit.done.set()
+        for name in {u.instance for u in units}:
+            if name not in self.pacing:
+                self.pacing[name] = AdaptiveLimit(min(self.concurrency, self.instances[name].concurrency))
+        scheduler = _Scheduler(units, self.pacing, ctx, self.timeout)
+        for i in range(min(self.concurrency, len(units))):
+            # Daemon threads: a hung backend must not keep the process past the deadline.
+            threading.Thread(
+                target=scheduler.work, args=(self.instances,), name=f"fetch-{i}", daemon=True
+            ).start()
+        scheduler.wait()
 
     def _select(
         self,
@@ -254,14 +207,21 @@ class Resolver:
                     kinds.add(e.kind)
                     problems.append(Problem(spec.loc, f"{spec.name}: {e.kind}: {spec.ref}: {e}"))
             info[spec.name] = resolved
+        # Audit only once every value is registered: the redactor then builds its
+        # matcher once for all these lines, not once per value.
+        for spec in specs:
+            resolved = info[spec.name]
+            lease = resolved.lease
             audit(
                 secret=spec.name,
                 ref=resolved.ref,
                 provider=resolved.provider,
                 type=self.manifest.providers[resolved.provider].type,
                 version=resolved.version,
-                lease_id=resolved.lease.id if resolved.lease else None,
-                duration_ms=ms,
+                lease_id=lease.id if lease else None,
+                lease_duration=lease.duration if lease else None,
+                renewable=lease.renewable if lease else None,
+                duration_ms=resolved.duration_ms,
                 shared_read=resolved.shared_read,
                 outcome=resolved.outcome,
             )
@@ -280,27 +240,156 @@ class Resolver:
 def _call(inst: Provider, docs: list[DocKey], ctx: FetchContext) -> dict[DocKey, Document | SecretError]:
     try:
         if len(docs) == 1 and inst.batch_size <= 1:
-            return {docs[0]: inst.fetch(docs[0], ctx)}
-        got = inst.fetch_many(docs, ctx)
-        return {d: got.get(d) or SecretError("provider returned no result") for d in docs}
+            got: Mapping[DocKey, Document | SecretError] = {docs[0]: inst.fetch(docs[0], ctx)}
+        else:
+            got = inst.fetch_many(docs, ctx)
     except SecretError as e:
         return dict.fromkeys(docs, e)
     except Exception as e:  # a provider bug or an unmapped SDK error: fail, do not retry
         err = SecretError(f"unexpected {type(e).__name__} from the {inst.type_name} provider")
         return dict.fromkeys(docs, err)
+    out: dict[DocKey, Document | SecretError] = {}
+    for d in docs:
+        result = got.get(d) or SecretError("provider returned no result")
+        if isinstance(result, Document) and document_size(result.value, ctx.max_size) > ctx.max_size:
+            result = TooLarge(exceeded("secret_size", ctx.max_size))
+        out[d] = result
+    return out
 
 
-def _log_retry(unit: _Unit, pending: Iterable[DocKey], state: RetryCallState) -> None:
-    first = next(iter(pending), None)
-    reason = unit.results.get(first) if first is not None else None
-    wait = state.next_action.sleep if state.next_action else 0.0
-    log.info(
-        "waiting for %s (%s); attempt %d, retrying in %.1fs",
-        unit.instance,
-        reason,
-        state.attempt_number,
-        wait,
-    )
+def document_size(value: Any, stop: int) -> int:
+    """Bytes a value takes as text (JSON-like values: their leaves); stops counting past `stop`."""
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, str):
+        return len(value) if len(value) > stop else len(value.encode("utf-8", "surrogatepass"))
+    total = 0
+    stack = [value]
+    while stack and total <= stop:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+            total += sum(len(str(k)) for k in item)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str | bytes):
+            total += document_size(item, stop)
+        else:
+            total += len(str(item))
+    return total
+
+
+class _Scheduler:
+    """Hands units to worker threads when their instance has room; requeues transient failures.
+
+    One lock and one condition for everything: the work per decision is tiny
+    next to a network round trip.
+    """
+
+    def __init__(
+        self, units: list[_Unit], pacing: Mapping[str, AdaptiveLimit], ctx: FetchContext, timeout: float
+    ) -> None:
+        self.ctx = ctx
+        self.pacing = pacing
+        self.reserve = last_attempt_reserve(timeout)
+        self.ready: dict[str, deque[_Unit]] = {}
+        for unit in units:
+            unit.pending = list(unit.docs)
+            self.ready.setdefault(unit.instance, deque()).append(unit)
+        self.delayed: list[tuple[float, int, _Unit]] = []  # (not before, tie-break, unit)
+        self.open = len(units)
+        self.cond = threading.Condition()
+
+    def wait(self) -> None:
+        with self.cond:
+            while self.open and self.ctx.remaining() > -0.5:
+                self.cond.wait(max(0.01, self.ctx.remaining() + 0.5))
+
+    def work(self, instances: Mapping[str, Provider]) -> None:
+        while (taken := self._take()) is not None:
+            unit, generation = taken
+            got = _call(instances[unit.instance], unit.pending, self.ctx)
+            self._finished(unit, generation, got)
+
+    def _take(self) -> tuple[_Unit, int] | None:
+        with self.cond:
+            while self.open:
+                now = time.monotonic()
+                if self.ctx.remaining() <= 0:
+                    return None
+                while self.delayed and self.delayed[0][0] <= now:
+                    unit = heapq.heappop(self.delayed)[2]
+                    self.ready[unit.instance].append(unit)
+                wake = self.ctx.deadline
+                for name, queue in self.ready.items():
+                    if not queue:
+                        continue
+                    limit = self.pacing[name]
+                    if limit.can_start(now):
+                        unit = queue.popleft()
+                        if not unit.started:
+                            unit.started = now
+                        unit.attempts += 1
+                        return unit, limit.start()
+                    if limit.paused_until > now:
+                        wake = min(wake, limit.paused_until)
+                if self.delayed:
+                    wake = min(wake, self.delayed[0][0])
+                self.cond.wait(max(0.001, wake - now))
+            return None
+
+    def _finished(self, unit: _Unit, generation: int, got: Mapping[DocKey, Document | SecretError]) -> None:
+        throttle = next(
+            (r for r in got.values() if isinstance(r, Unavailable) and (r.throttled or r.retry_after)), None
+        )
+        with self.cond:
+            now = time.monotonic()
+            self.pacing[unit.instance].finish(
+                generation,
+                now,
+                throttled=throttle is not None and throttle.throttled,
+                retry_after=throttle.retry_after if throttle is not None else None,
+            )
+            unit.results.update(got)
+            for doc in unit.pending:
+                unit.ms[doc] = int((now - unit.started) * 1000)
+            unit.pending = [d for d in unit.pending if isinstance(got[d], SecretError) and got[d].transient]  # type: ignore[union-attr]
+            delay = self._retry_delay(unit, throttle, now)
+            if delay is None:
+                self.open -= 1
+            else:
+                heapq.heappush(self.delayed, (now + delay, id(unit), unit))
+            self.cond.notify_all()
+        if delay is not None:
+            reason = unit.results.get(unit.pending[0])
+            log.info(
+                "waiting for %s (%s); attempt %d, retrying in %.1fs",
+                unit.instance,
+                reason,
+                unit.attempts,
+                delay,
+            )
+
+    def _retry_delay(self, unit: _Unit, throttle: Unavailable | None, now: float) -> float | None:
+        """Seconds until the unit's next attempt, or None when it is finished (or out of time)."""
+        left = self.ctx.deadline - now
+        if not unit.pending or left < self.reserve:
+            return None
+        delay = _backoff(unit.attempts)
+        if throttle is not None and throttle.retry_after:
+            delay = max(delay, throttle.retry_after)
+        # Never sleep past the point where one last attempt still fits before the deadline.
+        return max(0.0, min(delay, left - self.reserve))
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter (tenacity's, imported only once something is retried)."""
+    from tenacity import wait_random_exponential
+
+    class _State:  # the one field of tenacity.RetryCallState the wait strategy reads
+        attempt_number = attempt
+
+    return float(wait_random_exponential(multiplier=0.1, max=4)(_State()))  # type: ignore[arg-type]
 
 
 def select_key(value: Any, key: tuple[str, ...], ref: str) -> Any:

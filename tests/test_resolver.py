@@ -40,7 +40,7 @@ class Scripted(Provider):
     lock = threading.Lock()
     in_flight = 0
     max_in_flight = 0
-    max_concurrency = 2
+    default_concurrency = 2
 
     def fetch(self, doc: DocKey, ctx: FetchContext) -> Document:
         with self.lock:
@@ -113,7 +113,7 @@ def test_concurrency_is_bounded_per_instance(tmp_path: Path) -> None:
     )
     resolve(tmp_path, body)
     assert len(Scripted.reads) == 10
-    assert 1 < Scripted.max_in_flight <= Scripted.max_concurrency
+    assert 1 < Scripted.max_in_flight <= Scripted.default_concurrency
 
 
 def test_batches(tmp_path: Path) -> None:

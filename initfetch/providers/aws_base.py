@@ -19,13 +19,15 @@ from initfetch.reference import DocKey
 
 class AwsProvider(Provider):
     OPTIONS: ClassVar = dict(aws_session.OPTIONS)
-    max_concurrency = 8
+    # Batched reads (20 secrets or 10 parameters per call) need few calls; SSM's
+    # default throughput is 40 TPS, and throttling lowers the limit further (pacing).
+    default_concurrency = 8
     # The service as named in error messages, e.g. "Secrets Manager".
     service_label: ClassVar[str] = ""
 
     def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         super().__init__(name, options, environ)
-        self.aws = AwsSession(name, self.options, environ)
+        self.aws = AwsSession(name, self.options, environ, pool_size=self.concurrency)
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> Iterable[OptionProblem]:

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from initfetch.errors import AccessDenied, BadReference, SecretError, Unavailable
+from initfetch.errors import AccessDenied, BadReference, SecretError, Unavailable, retry_after_seconds
 from initfetch.providers.base import FetchContext, OptionProblem
 
 OPTIONS: dict[str, type | tuple[type, ...]] = {
@@ -80,6 +80,14 @@ TRANSIENT_CODES = frozenset(
         "RequestTimeoutException",
         "PriorRequestNotComplete",
     }
+)
+# The transient codes that say "slow down" (the instance then halves its concurrency).
+THROTTLING_CODES = frozenset(
+    c
+    for c in TRANSIENT_CODES
+    if "Thrott" in c
+    or "TooMany" in c
+    or c in ("SlowDown", "RequestLimitExceeded", "ProvisionedThroughputExceededException")
 )
 DENIED_CODES = frozenset(
     {
@@ -145,10 +153,13 @@ class AwsSession:
 
     USER_AGENT: ClassVar[str] = "initfetch"
 
-    def __init__(self, instance: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, instance: str, options: Mapping[str, Any], environ: Mapping[str, str], pool_size: int = 10
+    ) -> None:
         self.instance = instance
         self.options = dict(options)
         self.environ = environ
+        self.pool_size = pool_size  # the instance's concurrency: no connection is discarded
         self._lock = threading.Lock()
         self._session: Any = None
         self._region: str | None = None
@@ -254,6 +265,7 @@ class AwsSession:
             read_timeout=timeout,
             retries={"total_max_attempts": MAX_ATTEMPTS, "mode": "standard"},
             user_agent_extra=self.USER_AGENT,
+            max_pool_connections=self.pool_size,
         )
 
     def endpoint_url(self, service: str) -> str | None:
@@ -363,7 +375,14 @@ def classify(exc: Exception, what: str) -> SecretError:
         code, status = error_code(exc)
         message = one_line(exc.response.get("Error", {}).get("Message", ""))
         if code in TRANSIENT_CODES or status == 429 or status >= 500:
-            return Unavailable(f"{what}: AWS is unavailable or throttling ({code or status})")
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            return Unavailable(
+                f"{what}: AWS is unavailable or throttling ({code or status})",
+                throttled=status in (429, 503)
+                or "thrott" in code.lower()
+                or code == "TooManyRequestsException",
+                retry_after=retry_after_seconds(headers.get("retry-after")),
+            )
         if code in DENIED_CODES or status == 403:
             return AccessDenied(f"{what}: access denied ({code}): {message}")
         if code in VALIDATION_CODES:

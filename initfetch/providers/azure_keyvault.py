@@ -12,6 +12,13 @@ One credential per instance, one SecretClient per vault URL, both built lazily
 under a lock and shared by concurrent fetches. The SDK's own retries are off
 and its timeouts bounded: the core retries `Unavailable` within the deadline.
 The challenge-resource check of the SDK stays on.
+
+Single flight before the fan-out: the first read on a vault client goes alone
+(it takes the 401 challenge and the token); the others wait for it, then share
+the token. Token requests of one credential are serialized too, so vaults that
+share a credential ask the token endpoint once (managed identity endpoints
+throttle at a few requests per second). The HTTP pool holds as many
+connections as the instance's concurrency.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from initfetch.errors import AccessDenied, NotFound, SecretError, Unavailable
+from initfetch.errors import AccessDenied, NotFound, SecretError, Unavailable, retry_after_seconds
 from initfetch.providers import azure_credentials as creds
 from initfetch.providers.base import Document, FetchContext, OptionProblem, Provider
 from initfetch.reference import DocKey, Reference
@@ -67,8 +74,8 @@ class KeyVaultProvider(Provider):
         "ca_file": str,
         "auth": dict,
     }
-    # Key Vault allows 4000 GETs per 10 s per vault; 8 concurrent reads are far below.
-    max_concurrency = 8
+    # Key Vault allows 4000 GETs per 10 s per vault: 16 reads in flight stay well below.
+    default_concurrency = 16
 
     def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         super().__init__(name, options, environ)
@@ -77,6 +84,7 @@ class KeyVaultProvider(Provider):
         self._lock = threading.Lock()
         self._credential: Any = None
         self._clients: dict[str, Any] = {}
+        self._priming: dict[str, threading.Event] = {}  # vault URL -> set once its first read is done
 
     # --- offline checks ---
 
@@ -130,17 +138,40 @@ class KeyVaultProvider(Provider):
             kw["connection_verify"] = self.options["ca_file"]
         return kw
 
-    def _client(self, url: str) -> Any:
+    def _client(self, url: str) -> tuple[Any, threading.Event | None]:
+        """The client for a vault URL, and the event to wait for while its first read runs
+        (None: this caller makes that first read and must call `_primed`)."""
         with self._lock:
             client = self._clients.get(url)
-            if client is None:
-                from azure.keyvault.secrets import SecretClient
+            if client is not None:
+                return client, self._priming.get(url)
+            from azure.keyvault.secrets import SecretClient
 
-                if self._credential is None:
-                    self._credential = creds.build_credential(self._auth, self.environ, self._transport())
-                client = SecretClient(url, self._credential, **self._transport())
-                self._clients[url] = client
-            return client
+            if self._credential is None:
+                self._credential = SingleFlightCredential(
+                    creds.build_credential(self._auth, self.environ, self._transport())
+                )
+            client = SecretClient(url, self._credential, transport=self._http(), **self._transport())
+            self._clients[url] = client
+            self._priming[url] = threading.Event()
+            return client, None
+
+    def _primed(self, url: str) -> None:
+        with self._lock:
+            event = self._priming.pop(url, None)
+        if event is not None:
+            event.set()
+
+    def _http(self) -> Any:
+        """A requests transport whose pool holds `concurrency` connections (the default holds 10)."""
+        import requests
+        from azure.core.pipeline.transport import RequestsTransport
+
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=self.concurrency)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return RequestsTransport(session=session, session_owner=True, **self._transport())
 
     # --- fetching ---
 
@@ -148,8 +179,12 @@ class KeyVaultProvider(Provider):
         vault, name, version = split_path(doc.path)
         url = self.vault_url(vault)
         what = f"secret '{name}'" + (f" version {version}" if version else "") + f" in vault {url}"
+        first = False
         try:
-            client = self._client(url)
+            client, priming = self._client(url)
+            first = priming is None and url in self._priming
+            if priming is not None:
+                priming.wait(max(0.0, ctx.remaining()))
             secret = client.get_secret(
                 name,
                 version,
@@ -163,6 +198,9 @@ class KeyVaultProvider(Provider):
             if mapped is None:
                 raise
             raise mapped from None
+        finally:
+            if first:
+                self._primed(url)
         props = secret.properties
         metadata: dict[str, Any] = {"vault_url": url, "name": props.name or name}
         if props.content_type is not None:
@@ -197,7 +235,12 @@ class KeyVaultProvider(Provider):
             if isinstance(cause, (ServiceRequestError, ServiceResponseError)):
                 return Unavailable(f"{what}: connection failed{login} ({_short(cause)})")
             if cause_status == 429 or (isinstance(cause_status, int) and cause_status >= 500):
-                return Unavailable(f"{what}: the service answered {cause_status}{login} ({_short(cause)})")
+                headers = getattr(getattr(cause, "response", None), "headers", None) or {}
+                return Unavailable(
+                    f"{what}: the service answered {cause_status}{login} ({_short(cause)})",
+                    throttled=cause_status in (429, 503),
+                    retry_after=retry_after_seconds(headers.get("Retry-After")),
+                )
         if isinstance(e, ClientAuthenticationError) and _TRANSIENT_LOGIN.search(_short(e, 4000)):
             # The token service answered 429/5xx; the credentials keep only the text of it.
             return Unavailable(f"{what}: token service unavailable{login} ({_short(e)})")
@@ -274,3 +317,25 @@ def _short(e: BaseException, limit: int = 700) -> str:
     text = getattr(error, "message", None) or getattr(e, "message", None) or str(e)
     text = " ".join(_BOILERPLATE.sub("", str(text)).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class SingleFlightCredential:
+    """Serializes token requests of one credential: while one is asking the token
+    endpoint, the others wait, then get the cached token from the credential."""
+
+    def __init__(self, credential: Any) -> None:
+        self._credential = credential
+        self._lock = threading.Lock()
+        if hasattr(credential, "get_token_info"):
+            self.get_token_info = self._get_token_info
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._credential.get_token(*scopes, **kwargs)
+
+    def _get_token_info(self, *scopes: str, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._credential.get_token_info(*scopes, **kwargs)
+
+    def close(self) -> None:
+        self._credential.close()

@@ -62,6 +62,11 @@ class FetchContext:
         return max(0.05, min(cap, self.remaining()))
 
 
+# Options every provider instance takes, besides its type's own (`type` and
+# `keep_credentials` are the manifest loader's): the ceiling of requests in flight.
+COMMON_OPTIONS: Mapping[str, type] = {"concurrency": int}
+MAX_CONCURRENCY = 1024
+
 # What a provider's `check_options` returns: the key path inside the provider's
 # options (e.g. ("auth", "method")) and a one-line message.
 OptionProblem = tuple[tuple[str, ...], str]
@@ -74,15 +79,17 @@ class Provider:
     # Top-level option name -> accepted Python type(s). `type` and `keep_credentials`
     # are handled by the manifest loader and need not be listed.
     OPTIONS: ClassVar[Mapping[str, type | tuple[type, ...]]] = {}
-    # Upper bound on concurrent calls to this instance.
-    max_concurrency: ClassVar[int] = 8
+    # Requests in flight to one instance unless the manifest sets `concurrency:`. The
+    # resolver lowers it on throttling (initfetch.pacing) and never exceeds it.
+    default_concurrency: ClassVar[int] = 16
     # >1: the resolver hands `fetch_many` up to this many documents at once.
     batch_size: ClassVar[int] = 1
 
     def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         self.name = name
-        self.options = dict(options)
+        self.options = {k: v for k, v in options.items() if k not in COMMON_OPTIONS}
         self.environ = environ
+        self.concurrency = int(options.get("concurrency") or self.default_concurrency)
 
     # --- offline validation (used by `check`; must not touch the network) ---
 
@@ -90,7 +97,9 @@ class Provider:
     def check_options(cls, options: Mapping[str, Any]) -> Iterable[OptionProblem]:
         """Problems with this instance's manifest options. The default checks names and types."""
         for key, value in options.items():
-            expected = cls.OPTIONS.get(key)
+            expected = cls.OPTIONS.get(key) or COMMON_OPTIONS.get(key)
+            if key == "concurrency" and type(value) is int and not 1 <= value <= MAX_CONCURRENCY:
+                yield (key,), f"concurrency must be between 1 and {MAX_CONCURRENCY}"
             if expected is None:
                 known = ", ".join(sorted(cls.OPTIONS)) or "none"
                 yield (key,), f"unknown option '{key}' for a {cls.type_name} provider (known: {known})"

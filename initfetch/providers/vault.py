@@ -50,7 +50,9 @@ class VaultProvider(Provider):
         "tls_skip_verify": bool,
         "auth": dict,
     }
-    max_concurrency = 8
+    # One request per secret (Vault has no batch read): enough in flight that 300
+    # reads take a handful of round trips, as Vault Agent's parallel reads do.
+    default_concurrency = 64
 
     def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         super().__init__(name, options, environ)
@@ -61,6 +63,9 @@ class VaultProvider(Provider):
         self._session: Any = None
         self._login_error: SecretError | None = None
         self._mounts: dict[str, Mount] = {}
+        # Mount lookups in progress, by the path's first segment: concurrent first reads
+        # under one mount wait for one lookup instead of each asking Vault.
+        self._lookups: dict[str, threading.Event] = {}
         if self.conn.skip_verify:
             log.warning(
                 "vault provider %r: TLS certificate verification is OFF (tls_skip_verify: true) for %s",
@@ -118,7 +123,7 @@ class VaultProvider(Provider):
             import hvac
 
             if self._session is None:
-                self._session = make_session(self.conn)
+                self._session = make_session(self.conn, self.concurrency)
             client = hvac.Client(
                 url=self.conn.address,
                 namespace=self.conn.namespace,
@@ -159,7 +164,7 @@ class VaultProvider(Provider):
         if self._session is None:
             with self._lock:
                 if self._session is None:
-                    self._session = make_session(self.conn)
+                    self._session = make_session(self.conn, self.concurrency)
         with call_timeout(self._session, ctx.timeout):
             client = self._login()
             mount = self._mount_for(client, doc.path)
@@ -181,9 +186,35 @@ class VaultProvider(Provider):
         None when that endpoint denies us (no access anywhere in the mount, or no
         mount there): the path is then read as it is and its own error speaks.
         """
+        cached = self._cached_mount(path)
+        if cached is not None:
+            return cached
+        first = path.split("/", 1)[0]
+        with self._lock:
+            running = self._lookups.get(first)
+            if running is None:
+                self._lookups[first] = threading.Event()
+        if running is not None:  # single flight: another thread is looking this mount up
+            running.wait(timeout=max(0.0, self._deadline_left()))
+            cached = self._cached_mount(path)
+            if cached is not None:
+                return cached
+            return self._lookup_mount(client, path)  # a deeper mount, or that lookup failed
+        try:
+            return self._lookup_mount(client, path)
+        finally:
+            with self._lock:
+                self._lookups.pop(first).set()
+
+    def _cached_mount(self, path: str) -> Mount | None:
         cached = [m for p, m in list(self._mounts.items()) if path.startswith(p)]  # other threads add
-        if cached:
-            return max(cached, key=lambda m: len(m.path))
+        return max(cached, key=lambda m: len(m.path)) if cached else None
+
+    def _deadline_left(self) -> float:
+        timeout = getattr(self._session.local, "timeout", None)
+        return timeout() if timeout is not None else 10.0
+
+    def _lookup_mount(self, client: Any, path: str) -> Mount | None:
         import hvac.exceptions as hx
 
         with self._errors(f"detecting the secrets engine of {path}"):

@@ -15,7 +15,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from initfetch.errors import AccessDenied, BadReference, NotFound, SecretError, Unavailable
+from initfetch.errors import (
+    AccessDenied,
+    BadReference,
+    NotFound,
+    SecretError,
+    Unavailable,
+    retry_after_seconds,
+)
 
 DEFAULT_ADDRESS = "https://127.0.0.1:8200"  # the Vault CLI's default
 
@@ -66,8 +73,12 @@ class Connection:
         return self.client_cert
 
 
-def make_session(conn: Connection) -> Any:
-    """A requests session whose per-call timeout comes from the caller's deadline."""
+def make_session(conn: Connection, pool_size: int = 10) -> Any:
+    """A requests session whose per-call timeout comes from the caller's deadline.
+
+    The connection pool holds `pool_size` connections (the instance's concurrency),
+    so no thread's connection is discarded and re-handshaken.
+    """
     import requests
     from requests.adapters import HTTPAdapter
 
@@ -76,7 +87,7 @@ def make_session(conn: Connection) -> Any:
 
         def __init__(self, server_name: str | None) -> None:
             self._server_name = server_name
-            super().__init__(max_retries=0)
+            super().__init__(max_retries=0, pool_connections=4, pool_maxsize=pool_size)
 
         def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
             if self._server_name:
@@ -94,8 +105,10 @@ def make_session(conn: Connection) -> Any:
             if timeout is not None:
                 kwargs["timeout"] = timeout()
             self.local.status = None
+            self.local.retry_after = None
             response = super().request(method, url, *args, **kwargs)
             self.local.status = response.status_code
+            self.local.retry_after = response.headers.get("Retry-After")
             return response
 
     session = DeadlineSession()
@@ -172,10 +185,17 @@ def mapped_errors(
         status = getattr(session.local, "status", None)
         detail = vault_message(e, scrub)
         suffix = f": {detail}" if detail and detail != "permission denied" else ""
+        retry_after = retry_after_seconds(getattr(session.local, "retry_after", None))
         if isinstance(e, hx.RateLimitExceeded):
-            raise Unavailable(f"Vault rate limit (429) while {what}{suffix}") from None
+            raise Unavailable(
+                f"Vault rate limit (429) while {what}{suffix}", throttled=True, retry_after=retry_after
+            ) from None
         if isinstance(e, hx.VaultDown):
-            raise Unavailable(f"Vault is sealed or in standby (503) while {what}{suffix}") from None
+            raise Unavailable(
+                f"Vault is sealed or in standby (503) while {what}{suffix}",
+                throttled=True,
+                retry_after=retry_after,
+            ) from None
         if isinstance(e, hx.InternalServerError | hx.BadGateway | hx.VaultNotInitialized) or (
             isinstance(e, hx.UnexpectedError)
             and status is not None
