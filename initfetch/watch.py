@@ -31,11 +31,12 @@ from initfetch import schedule as sched
 from initfetch import watch_status, writer
 from initfetch.errors import InitfetchError, SecretError
 from initfetch.manifest import MARKER_NAME, Manifest
+from initfetch.pacing import AdaptiveLimit
 from initfetch.providers.base import FetchContext, Lease, Provider
 from initfetch.redact import Redactor
 from initfetch.reference import DocKey
 from initfetch.render import Rendered, render
-from initfetch.resolver import Resolution, Resolved, Resolver
+from initfetch.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolver
 from initfetch.watch_config import WatchConfig
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class Watcher:
     out_dir: Path | None = None  # None: nothing is written (exec without files)
     allow_disk: bool = False
     timeout: float = 60.0
-    concurrency: int = 16
+    concurrency: int = DEFAULT_CONCURRENCY
     clock: Callable[[], float] = time.monotonic
     schedule: sched.Schedule = field(default_factory=sched.Schedule)
     cycles: int = 0
@@ -106,6 +107,7 @@ class Watcher:
         self.expired: set[str] = set()
         self._previous: dict[str, Any] = {}  # the value before the current one, still masked
         self._status_written: dict[str, Any] | None = None
+        self._pacing: dict[str, AdaptiveLimit] = {}
         self._plan(self.clock())
         self._status(self.clock())  # from now on the render counts as watched (--max-stale)
 
@@ -280,6 +282,7 @@ class Watcher:
             subset, self.environ, self.redactor, timeout=self.timeout, concurrency=self.concurrency
         )
         resolver.instances = self.instances  # shared, never closed here
+        resolver.pacing = self._pacing  # what each backend's throttling taught carries over
         return resolver.resolve()
 
     def refresh(self, keys: set[Doc], now: float) -> bool:
@@ -323,7 +326,9 @@ class Watcher:
         for key in keys:
             for name in self.docs[key]:
                 self.expired.discard(name)
-        if files or env:
+        if not (files or env):
+            log.debug("re-read %d document(s): nothing changed", len(keys))
+        else:
             if files:
                 log.info("rewrote %d changed file(s): %s", len(files), ", ".join(sorted(files)))
             self.notify(Change(changed, sorted(files), env, rendered))
