@@ -4,6 +4,10 @@
 #   docker build --build-arg EXTRAS=vault -t initfetch:vault .  # only what you use: vault, aws, azure,
 #                                                               # a list "vault,aws", or "" for file/env only
 #
+# Every Python distribution comes from the hash-pinned lock files in requirements/ (`make lock`),
+# installed with --require-hashes and wheels only: two builds of one commit install the same bytes.
+# The software bill of materials is /opt/initfetch/sbom.cdx.json (CycloneDX JSON).
+#
 # Works with the legacy builder (DOCKER_BUILDKIT=0) as well as BuildKit: no --mount, no heredocs.
 # Behind a TLS-inspecting proxy, build FROM a base whose trust store has your CA and pass only the
 # path: --build-arg PIP_CERT=/etc/ssl/certs/ca-certificates.crt. Never pass certificate content,
@@ -16,29 +20,53 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac1
 
 # ---- build: a virtual environment in /opt/initfetch; only that directory is kept ----------------
 FROM ${BASE_IMAGE} AS build
-ARG EXTRAS=all
 # A path inside the base image (empty: pip's own CA bundle). Used by pip only, in this stage only.
 ARG PIP_CERT=
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_ROOT_USER_ACTION=ignore
+    PIP_ROOT_USER_ACTION=ignore \
+    PIP_NO_INPUT=1 \
+    PYTHONDONTWRITEBYTECODE=1
 
-# Dependencies first, from pyproject.toml alone (with a stub package), so this layer is reused
-# until the dependencies change, not on every source edit.
+# Build tools in their own venv, never in the image: the build backend and the SBOM generator.
+COPY requirements/build.txt requirements/sbom.txt /src/requirements/
+RUN python3 -m venv /opt/tools \
+    && /opt/tools/bin/pip install --require-hashes --only-binary :all: \
+       -r /src/requirements/build.txt -r /src/requirements/sbom.txt
+
+# The dependencies of the chosen extras, from their lock files (core.txt for none), into a venv
+# without pip; then slimmed (docker/slim.py). This layer is reused until a lock file changes.
+ARG EXTRAS=all
+COPY requirements/core.txt requirements/vault.txt requirements/aws.txt requirements/azure.txt \
+     requirements/all.txt /src/requirements/
+COPY docker/slim.py /src/docker/
+RUN set -e; set --; IFS=', '; \
+    for extra in ${EXTRAS:-core}; do \
+        test -f "/src/requirements/$extra.txt" \
+            || { echo "EXTRAS: unknown extra '$extra' (vault, aws, azure, all)" >&2; exit 2; }; \
+        set -- "$@" -r "/src/requirements/$extra.txt"; \
+    done; unset IFS; \
+    python3 -m venv --without-pip /opt/initfetch \
+    && /opt/tools/bin/pip --python /opt/initfetch/bin/python install --require-hashes \
+       --only-binary :all: --no-compile "$@" \
+    && rm -f /opt/initfetch/bin/activate* /opt/initfetch/bin/Activate.ps1 \
+    && python3 /src/docker/slim.py /opt/initfetch
+
+# The package itself: a wheel built with the locked build backend, installed without deps.
 COPY pyproject.toml README.m[d] /src/
-RUN mkdir -p /src/initfetch \
-    && echo '__version__ = "0"' > /src/initfetch/__init__.py \
-    && python3 -m venv /opt/initfetch \
-    && /opt/initfetch/bin/pip install --no-cache-dir "/src${EXTRAS:+[$EXTRAS]}" \
-    && /opt/initfetch/bin/pip uninstall --yes initfetch \
-    && rm -rf /src/initfetch /src/build /src/*.egg-info
-
 COPY initfetch /src/initfetch
-# The package itself, then drop pip/setuptools: the final image never installs anything.
-RUN /opt/initfetch/bin/pip install --no-cache-dir --no-deps /src \
-    && /opt/initfetch/bin/initfetch --version \
-    && /opt/initfetch/bin/pip uninstall --yes pip setuptools \
-    && rm -f /opt/initfetch/bin/activate* /opt/initfetch/bin/Activate.ps1
+RUN /opt/tools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels /src \
+    && /opt/tools/bin/pip --python /opt/initfetch/bin/python install --no-deps --no-compile \
+       /wheels/initfetch-*.whl \
+    && python3 /src/docker/slim.py /opt/initfetch \
+    && /opt/initfetch/bin/initfetch --version
+
+# The SBOM from the installed environment, then every mtime set to one instant (commit time).
+# Declared here, not above, so a new commit time reuses the dependency layers.
+ARG SOURCE_DATE_EPOCH=
+RUN /opt/tools/bin/cyclonedx-py environment --output-reproducible --sv 1.6 --of JSON \
+       -o /opt/initfetch/sbom.cdx.json /opt/initfetch/bin/python \
+    && find /opt/initfetch -exec touch --no-dereference --date="@${SOURCE_DATE_EPOCH:-0}" {} +
 
 # ---- final: the base image + the venv; no compilers, no pip, no build context -------------------
 FROM ${BASE_IMAGE}
@@ -51,12 +79,17 @@ LABEL org.opencontainers.image.title="initfetch" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.base.name="${BASE_IMAGE}" \
-      org.opencontainers.image.documentation="docs/containers.md"
+      org.opencontainers.image.documentation="docs/containers.md" \
+      initfetch.sbom.path="/opt/initfetch/sbom.cdx.json" \
+      initfetch.sbom.format="CycloneDX 1.6 JSON"
 
 # The distroless convention: uid/gid 65532 "nonroot". A passwd entry keeps getpwuid() working.
+# No world-writable path: the base's /tmp, /var/tmp and /run/lock (1777) lose the write bit for
+# others. initfetch writes only to OUT_DIR; an application that needs /tmp gets a tmpfs there.
 RUN groupadd --gid 65532 nonroot \
     && useradd --no-log-init --no-create-home --uid 65532 --gid 65532 --home-dir /nonexistent \
-       --shell /usr/sbin/nologin nonroot
+       --shell /usr/sbin/nologin nonroot \
+    && find / -xdev -perm -o+w ! -type l -exec chmod o-w {} +
 
 # Owned by root, read-only to the runtime user.
 COPY --from=build /opt/initfetch /opt/initfetch

@@ -33,6 +33,7 @@ class Images:
     base: str
     initfetch: str  # EXTRAS=all
     initfetch_vault: str  # EXTRAS=vault
+    initfetch_core: str  # EXTRAS= (file:// and env:// only)
     app: str  # compose-examples/entrypoint-wrapper/Dockerfile.app on top of `initfetch`
     build_seconds: float
 
@@ -62,6 +63,7 @@ def images(engine: eng.Engine) -> Images:
     base = engine.base_image()
     all_tag = engine.build_initfetch("localhost/initfetch:ci-all", base, "all")
     vault_tag = engine.build_initfetch("localhost/initfetch:ci-vault", base, "vault")
+    core_tag = engine.build_initfetch("localhost/initfetch:ci-core", base, "")
     app_dir = eng.REPO / "compose-examples" / "entrypoint-wrapper"
     app_tag = "localhost/myapp-with-initfetch:ci"
     engine.run(
@@ -69,7 +71,7 @@ def images(engine: eng.Engine) -> Images:
          "-f", str(app_dir / "Dockerfile.app"), "-t", app_tag, str(app_dir)],
         timeout=300,
     )  # fmt: skip
-    return Images(base, all_tag, vault_tag, app_tag, time.monotonic() - t0)
+    return Images(base, all_tag, vault_tag, core_tag, app_tag, time.monotonic() - t0)
 
 
 @dataclass
@@ -159,6 +161,10 @@ def parse_report(stdout: str) -> dict[str, list[str]]:
         if key.isupper():
             out.setdefault(key, []).append(value)
     return out
+
+
+# Build artifacts CI keeps (the SBOMs, image sizes, the reproducibility manifests).
+ARTIFACTS = eng.REPO / "build" / "docker"
 
 
 def sizes_report(path: Path, sizes: dict[str, int]) -> None:

@@ -264,20 +264,46 @@ class Engine:
             self.run(["build", "-q", "--network", "none", "-t", tag, ctx], timeout=300)
         return tag
 
-    def build_initfetch(self, tag: str, base: str, extras: str = "all") -> str:
+    def build_initfetch(self, tag: str, base: str, extras: str = "all", *, no_cache: bool = False) -> str:
         # Always `docker build`: with the layer cache an unchanged tree takes seconds, and a
         # changed one is never served from a stale image.
         self.run(
             [
                 "build", "--network", "host",
+                *(["--no-cache"] if no_cache else []),
                 "--build-arg", f"BASE_IMAGE={base}",
                 "--build-arg", f"EXTRAS={extras}",
                 "--build-arg", f"PIP_CERT={PIP_CERT_PATH}",
+                "--build-arg", f"SOURCE_DATE_EPOCH={source_date_epoch()}",
                 "-t", tag, str(REPO),
             ],
             timeout=900,
         )  # fmt: skip
         return tag
+
+    def export(self, ref: str) -> bytes:
+        """The image's filesystem as one tar (a created, never started container): no shell needed."""
+        cid = self.run(["create", ref]).stdout.strip()
+        try:
+            return subprocess.run(
+                [self.docker, "export", cid], env=self.env, capture_output=True, check=True, timeout=300
+            ).stdout
+        finally:
+            self.run(["rm", cid], check=False)
+
+    def python(self, ref: str, code: str, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        """Run code with the image's interpreter as its runtime user, no network."""
+        return self.run(
+            ["run", "--rm", "--network", "none", "--entrypoint", "python3", ref, "-c", code, *args], **kw
+        )
+
+
+def source_date_epoch() -> str:
+    """The commit time of HEAD: what a release build passes, the same on every rebuild of a commit."""
+    proc = subprocess.run(
+        ["git", "-C", str(REPO), "log", "-1", "--format=%ct"], capture_output=True, text=True, check=False
+    )
+    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else "0"
 
 
 def apt_mirror() -> list[str]:
