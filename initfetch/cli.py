@@ -21,7 +21,7 @@ from initfetch.logs import setup as setup_logging
 from initfetch.manifest import Manifest, default_manifest_path, load_manifest, missing_sdks
 from initfetch.redact import Redactor
 from initfetch.render import Rendered, check_templates, render
-from initfetch.resolver import Resolution, Resolved, Resolver
+from initfetch.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolver
 
 log = logging.getLogger("initfetch")
 
@@ -32,6 +32,16 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"initfetch: error: {message} (see '{self.prog} --help')\n")
         raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -68,9 +78,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     fetching.add_argument(
         "--concurrency",
-        type=int,
-        default=env.get("INITFETCH_CONCURRENCY", "16"),
-        help="maximum concurrent backend calls [$INITFETCH_CONCURRENCY, 16]",
+        type=_positive_int,
+        default=env.get("INITFETCH_CONCURRENCY", str(DEFAULT_CONCURRENCY)),
+        help="maximum backend calls in flight in all; each provider instance also has its own "
+        f"ceiling (concurrency: in the manifest) [$INITFETCH_CONCURRENCY, {DEFAULT_CONCURRENCY}]",
     )
 
     output = _Parser(add_help=False)

@@ -26,6 +26,9 @@ def free_port() -> int:
 
 class LocalHTTPServer(ThreadingHTTPServer):
     daemon_threads = True  # a handler left hanging does not keep the test process alive
+    # Clients open dozens of connections at once; the stdlib's backlog of 5 would drop
+    # SYNs and add a 1 s retransmit to some of them.
+    request_queue_size = 256
 
     def __init__(self, handler_class: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(("127.0.0.1", 0), handler_class)
@@ -34,6 +37,7 @@ class LocalHTTPServer(ThreadingHTTPServer):
 
 class QuietHandler(BaseHTTPRequestHandler):
     server: LocalHTTPServer
+    disable_nagle_algorithm = True  # no 40 ms delayed-ACK stall on reused connections
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -10,6 +10,8 @@ an answer for one API path; `hang.add(path)` makes that path never answer
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +29,16 @@ class VaultDouble(LocalServer):
         self.faults: dict[str, tuple[int, Any]] = {}  # "secret/data/x" -> (status, body)
         self.hang: set[str] = set()
         self.seen: list[str] = []
+        # Concurrency, counted at the backend: each KV read is held `delay` seconds.
+        self.delay = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        # (monotonic time, status, requests in flight) of every KV read, in arrival order
+        self.reads: list[tuple[float, int, int]] = []
+        # The next `throttle` KV reads are answered 429 with `Retry-After: retry_after`.
+        self.throttle = 0
+        self.retry_after: str | None = None
+        self.lock = threading.Lock()
         super().__init__(_handler_for(self))
 
 
@@ -70,6 +82,38 @@ def _handler_for(double: VaultDouble) -> type[QuietHandler]:
                     {"data": {"path": "secret/", "type": "kv", "options": {"version": "2"}}},
                 )
             if path.startswith("secret/data/"):
+                return self.kv_read(path)
+            if path == "auth/token/lookup-self":
+                return self.reply(200, {"data": {"ttl": 3600, "renewable": False, "policies": ["root"]}})
+            return self.reply(404, {"errors": []})
+
+        def kv_read(self, path: str) -> None:
+            with double.lock:
+                double.in_flight += 1
+                double.max_in_flight = max(double.max_in_flight, double.in_flight)
+                throttled = double.throttle > 0
+                double.throttle -= throttled
+                double.reads.append((time.monotonic(), 429 if throttled else 200, double.in_flight))
+            try:
+                if double.delay:
+                    time.sleep(double.delay)
+                if throttled:
+                    self.send_response(429)
+                    if double.retry_after is not None:
+                        self.send_header("Retry-After", double.retry_after)
+                    body = json.dumps({"errors": ["request path 'secret/': rate limit quota exceeded"]})
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body.encode())
+                    return None
+                return self.kv2_answer(path)
+            finally:
+                with double.lock:
+                    double.in_flight -= 1
+
+        def kv2_answer(self, path: str) -> None:
+            if path.startswith("secret/data/"):
                 key = "secret/" + path.removeprefix("secret/data/")
                 if key not in double.kv2:
                     return self.reply(404, {"errors": []})
@@ -80,8 +124,6 @@ def _handler_for(double: VaultDouble) -> type[QuietHandler]:
                     "destroyed": False,
                 }
                 return self.reply(200, {"data": {"data": double.kv2[key], "metadata": meta}, "lease_id": ""})
-            if path == "auth/token/lookup-self":
-                return self.reply(200, {"data": {"ttl": 3600, "renewable": False, "policies": ["root"]}})
             return self.reply(404, {"errors": []})
 
         do_GET = do_POST = do_PUT = handle_any
