@@ -13,15 +13,19 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from initfetch import __version__, execute, preview, writer
+from initfetch import __version__, writer
 from initfetch.errors import BadInput, InitfetchError
 from initfetch.logs import setup as setup_logging
 from initfetch.manifest import Manifest, default_manifest_path, load_manifest, missing_sdks
 from initfetch.redact import Redactor
-from initfetch.render import Rendered, check_templates, render
 from initfetch.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolver
+
+# Rendering (Jinja), preview and exec are imported where a command needs them:
+# start-up time is a feature, and a file-only render never loads Jinja.
+if TYPE_CHECKING:
+    from initfetch.render import Rendered
 
 log = logging.getLogger("initfetch")
 
@@ -210,6 +214,8 @@ def _manifest_path(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
 
 def _load(args: argparse.Namespace, env: Mapping[str, str], *, lenient: bool = False) -> Manifest:
     manifest = load_manifest(_manifest_path(args, env), env, lenient_vars=lenient)
+    from initfetch.render import check_templates
+
     problems = check_templates(manifest)
     if not lenient:
         problems += missing_sdks(manifest)
@@ -239,6 +245,8 @@ def _render(
 ) -> Rendered:
     """`deadline`: the command's start + --timeout (time.monotonic()); `timeout` names it in errors."""
     meta = {name: r.meta() for name, r in resolution.info.items()}
+    from initfetch.render import render
+
     return render(manifest, resolution.values, meta, redactor, deadline=deadline, timeout=timeout)
 
 
@@ -301,6 +309,8 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
     for name, inst in resolution.instances.items():
         if not manifest.providers[name].keep_credentials:
             remove |= inst.credential_env()
+    from initfetch import execute
+
     child = execute.child_env(env, rendered.env, remove)
     log.info("starting %s with %d secret variable(s)", cmd[0], len(rendered.env))
     return execute.supervise(cmd, child) if args.supervise else execute.replace(cmd, child)
@@ -308,6 +318,9 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
 
 def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
     import time  # here, not at the top: the rest of this module is edited concurrently
+
+    from initfetch import preview
+    from initfetch.render import render
 
     if args.timeout <= 0:
         raise BadInput("--timeout must be a positive number of seconds")
