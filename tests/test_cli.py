@@ -510,7 +510,7 @@ def test_sigterm_while_resolving_exits_143(tmp_path: Path) -> None:
     ("name", "value", "message"),
     [
         ("INITFETCH_TIMEOUT", "abc", "invalid float value"),
-        ("INITFETCH_CONCURRENCY", "x", "invalid int value"),
+        ("INITFETCH_CONCURRENCY", "x", "not a whole number"),
         ("INITFETCH_LOG_FORMAT", "xml", "INITFETCH_LOG_FORMAT must be one of"),
         ("INITFETCH_LOG_LEVEL", "verbose", "INITFETCH_LOG_LEVEL must be one of"),
     ],
