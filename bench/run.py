@@ -62,7 +62,8 @@ from bench.workloads import (  # noqa: E402
 
 PY = str(Path(sys.executable))
 VENV_BIN = Path(sys.executable).parent
-INITFETCH = str(VENV_BIN / "initfetch")
+INITFETCH = str(VENV_BIN / "initfetch")  # replaced by a HEAD snapshot's entry point unless --source worktree
+SOURCE_PREFIX = ""  # Python run first by the concurrency probe, so it sees the same initfetch
 RESULTS = REPO / "bench" / "results"
 AWS_BATCH = 20  # BatchGetSecretValue takes up to 20 secret ids per call
 
@@ -98,6 +99,37 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+# --- which initfetch ---------------------------------------------------------------------------
+
+
+def snapshot(ref: str, dest: Path) -> tuple[str, str]:
+    """Extract initfetch/ at `ref` (git archive) and write an entry point that imports it.
+
+    The working tree is edited while the bench runs; a snapshot measures one commit.
+    The venv's editable install would still win over PYTHONPATH (its finder is on
+    sys.meta_path), so the entry point drops that finder and puts the snapshot first.
+    Returns (entry point path, Python prefix that does the same for `python -c`).
+    """
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", ref, "initfetch"], cwd=REPO, capture_output=True, check=True)
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest)  # our own git archive (3.11.2 has no filter=)
+    prefix = (
+        f"import sys; sys.path.insert(0, {str(dest)!r}); "
+        "sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, '__name__', '') != '_EditableFinder']\n"
+    )
+    entry = dest / "initfetch-entry"
+    entry.write_text(
+        f"#!{PY}\n{prefix}from initfetch.cli import main\n\n"
+        "if __name__ == '__main__':\n    sys.exit(main())\n"
+    )
+    entry.chmod(0o755)
+    return str(entry), prefix
+
+
 # --- facts about initfetch at HEAD -----------------------------------------------------------
 
 
@@ -124,7 +156,7 @@ except Exception:
     out["resolver_default"] = None
 print(json.dumps(out))
 """
-    r = subprocess.run([PY, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([PY, "-c", SOURCE_PREFIX + probe], env=env, capture_output=True, text=True, timeout=60)
     info = json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
     h = subprocess.run([INITFETCH, "render", "--help"], env=env, capture_output=True, text=True, timeout=60)
     m = re.search(r"INITFETCH_CONCURRENCY,\s*(\d+)", h.stdout)
@@ -279,7 +311,10 @@ def run_fleet(
     rate: float,
     runs: int,
     deadline: float,
+    with_agent: bool = False,
+    warmup: int = 1,
 ) -> dict[str, Any]:
+    """P processes at once against the rate-limited OpenBao, per contender, interleaved run by run."""
     w = vault_workload(n)
     b.seed(w, server="fleet")
     b.fleet_quota(rate)
@@ -287,73 +322,84 @@ def run_fleet(
     manifest = initfetch_files(w, d / "initfetch", None)
     fenv = {**env, "VAULT_ADDR": b.proxy.url("fleet"), "VAULT_TOKEN": b.fleet.root_token}
     expected = w.expected()
-    results = []
-    for r in range(runs + 1):  # the first is a warm-up
-        time.sleep(2.0)  # let the quota's bucket refill between runs
-        for i in range(procs):
-            shutil.rmtree(d / f"out-{i}", ignore_errors=True)
-        b.proxy.stats(reset=True)
-        ids = [
-            launcher.start(
-                [
-                    INITFETCH,
-                    "render",
-                    "-m",
-                    str(manifest),
-                    "-o",
-                    str(d / f"out-{i}"),
-                    "--allow-disk",
-                    "--timeout",
-                    str(deadline),
-                ],
-                fenv,
-                logs / f"fleet-{r}-{i}.log",
-                timeout=deadline + 60,
-            )
-            for i in range(procs)
+    names = ["initfetch", "agent"] if with_agent else ["initfetch"]
+    commands: dict[str, list[tuple[list[str], Path]]] = {"initfetch": []}
+    for i in range(procs):
+        out = d / f"initfetch-{i}"
+        argv = [
+            INITFETCH,
+            "render",
+            "-m",
+            str(manifest),
+            "-o",
+            str(out),
+            "--allow-disk",
+            "--timeout",
+            str(deadline),
         ]
-        done = [launcher.wait(i) for i in ids]
-        t0 = min(x.start for x in done)
-        ends = [x.end - t0 for x in done]
-        last = max(ends)
-        spawn_s = max(x.start for x in done) - t0
-        stats = b.proxy.stats(reset=True)["routes"]["fleet"]
-        failed = 0
-        for i, run in enumerate(done):
-            out = d / f"out-{i}" / "out.txt"
-            good = run.rc == 0 and out.exists() and out.read_text() == expected
-            if not good:
-                failed += 1
-                if failed <= 2:
-                    print(
-                        f"  ! fleet run {r} process {i}: exit {run.rc}\n{tail(logs / f'fleet-{r}-{i}.log')}",
-                        file=sys.stderr,
-                    )
-        rec = {
-            "last_s": last,
-            "median_exit_s": sorted(ends)[len(ends) // 2],
-            "spawn_s": spawn_s,
-            "failed": failed,
-            "requests": stats["requests"],
-            "429s": stats["statuses"].get("429", 0),
-            "statuses": stats["statuses"],
-            "max_connections": stats["max_active"],
-            "peak_rss_mb": max(x.rss_mb for x in done),
-            "cpu_s": sum(x.cpu for x in done),
-        }
-        if r >= 1:
-            results.append(rec)
-        log(
-            f"fleet run {r}{' (warm-up)' if r == 0 else ''}: last {last:.2f}s, {rec['429s']} x 429, "
-            f"{rec['requests']} requests, {failed} failed"
-        )
+        commands["initfetch"].append((argv, out / "out.txt"))
+    if with_agent:
+        token = d / "agent-token"
+        token.write_text(b.fleet.root_token)
+        commands["agent"] = []
+        for i in range(procs):
+            dest = d / f"agent-{i}" / "out.txt"
+            cfg = agent_files(w, d / f"agent-{i}", b.proxy.url("fleet"), token, dest)
+            commands["agent"].append(([agent_binary(), "agent", f"-config={cfg}"], dest))
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for r in range(warmup + runs):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            time.sleep(2.0)  # let the quota's bucket refill between runs
+            for _, out in commands[name]:
+                out.unlink(missing_ok=True)
+            b.proxy.stats(reset=True)
+            # The agent has no overall deadline of its own: the launcher kills it at the deadline.
+            limit = deadline + 60 if name == "initfetch" else deadline
+            ids = [
+                launcher.start(argv, fenv, logs / f"fleet-{name}-{r}-{i}.log", timeout=limit)
+                for i, (argv, _) in enumerate(commands[name])
+            ]
+            done = [launcher.wait(i) for i in ids]
+            t0 = min(x.start for x in done)
+            ends = [x.end - t0 for x in done]
+            stats = b.proxy.stats(reset=True)["routes"]["fleet"]
+            failed = 0
+            for i, (run, (_, out)) in enumerate(zip(done, commands[name], strict=True)):
+                good = run.rc == 0 and out.exists() and out.read_text().rstrip("\n") == expected.rstrip("\n")
+                if not good:
+                    failed += 1
+                    if failed <= 2:
+                        text = tail(logs / f"fleet-{name}-{r}-{i}.log")
+                        print(
+                            f"  ! fleet {name} run {r} process {i}: exit {run.rc} {run.note}\n{text}",
+                            file=sys.stderr,
+                        )
+            rec = {
+                "last_s": max(ends),
+                "median_exit_s": sorted(ends)[len(ends) // 2],
+                "spawn_s": max(x.start for x in done) - t0,
+                "failed": failed,
+                "requests": stats["requests"],
+                "429s": stats["statuses"].get("429", 0),
+                "statuses": stats["statuses"],
+                "max_connections": stats["max_active"],
+                "peak_rss_mb": max(x.rss_mb for x in done),
+                "cpu_s": sum(x.cpu for x in done),
+            }
+            if r >= warmup:
+                results[name].append(rec)
+            log(
+                f"fleet {name} run {r}{' (warm-up)' if r < warmup else ''}: last {rec['last_s']:.2f}s, "
+                f"{rec['429s']} x 429, {rec['requests']} requests, {failed} failed"
+            )
     return {
         "procs": procs,
         "n": n,
         "rate": rate,
         "deadline_s": deadline,
-        "runs": results,
         "workload": w.name,
+        "contenders": results,
     }
 
 
@@ -428,11 +474,19 @@ def main() -> None:
     p.add_argument("--fleet-rate", type=float, default=100.0, help="quota, requests per second [100]")
     p.add_argument("--fleet-deadline", type=float, default=60.0, help="each process's --timeout [60]")
     p.add_argument(
+        "--fleet-agent", action="store_true", help="also start P OpenBao Agents at once, for comparison"
+    )
+    p.add_argument(
         "--only",
         default="vault,mixed,large,fleet,imports",
         help="families to run [vault,mixed,large,fleet,imports]",
     )
     p.add_argument("--no-sequential-vault", action="store_true", help="skip the sequential script on vault-N")
+    p.add_argument(
+        "--source",
+        default="HEAD",
+        help="the initfetch to measure: a git ref (snapshot by git archive) or 'worktree' [HEAD]",
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory [bench/results]")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     a = p.parse_args()
@@ -449,6 +503,15 @@ def main() -> None:
     logs = work / "logs"
     logs.mkdir()
     log(f"work directory {work}; {runs} runs; delay {a.delay_ms:g} ms per request")
+    global INITFETCH, SOURCE_PREFIX
+    if a.source == "worktree":
+        commit = git("rev-parse", "--short", "HEAD")
+        source = f"the working tree (HEAD {commit})"
+    else:
+        commit = git("rev-parse", "--short", a.source)
+        INITFETCH, SOURCE_PREFIX = snapshot(commit, work / "src")
+        source = f"{a.source} = {commit} (git archive snapshot of initfetch/)"
+    log(f"measuring initfetch from {source}")
     b = Backends.start(work / "backends", a.delay_ms)
     launcher = Launcher()
     try:
@@ -510,7 +573,18 @@ def main() -> None:
         if "fleet" in only:
             log(f"fleet: {fleet_procs} processes x {a.fleet_n} secrets, quota {a.fleet_rate:g}/s")
             fleet = run_fleet(
-                b, launcher, env, work, logs, fleet_procs, a.fleet_n, a.fleet_rate, runs, a.fleet_deadline
+                b,
+                launcher,
+                env,
+                work,
+                logs,
+                fleet_procs,
+                a.fleet_n,
+                a.fleet_rate,
+                runs,
+                a.fleet_deadline,
+                with_agent=not a.no_fleet_agent,
+                warmup=0 if len(scenarios) > 1 else 1,  # the scenarios before warmed everything up
             )
         imports = import_checks(b, env, work) if "imports" in only else None
     finally:
@@ -519,8 +593,9 @@ def main() -> None:
 
     meta = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--", "initfetch")),
+        "commit": commit,
+        "source": source,
+        "dirty": a.source == "worktree" and bool(git("status", "--porcelain", "--", "initfetch")),
         "delay_ms": a.delay_ms,
         "runs": runs,
         "quick": a.quick,
