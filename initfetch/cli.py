@@ -52,21 +52,61 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").strip().lower() in TRUE
 
 
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+EXAMPLES = {
+    "render": """examples:
+  initfetch render -o /run/secrets               # init container: write, then exit
+  initfetch render --hold                        # sidecar: write, then keep the tmpfs volume mounted
+  INITFETCH_OUT=/dev/shm/app initfetch render    # every flag has an INITFETCH_* twin""",
+    "exec": """examples:
+  initfetch exec -- ./server --port 8080         # render, then replace itself with the app
+  initfetch exec --supervise -- ./server         # stay as PID 1: forward signals, reap, mirror the exit code
+  DB_PASSWORD=initfetch+vault://secret/app#password initfetch exec -- ./server   # no manifest""",
+    "preview": """examples:
+  initfetch preview                              # resolve, print what would be written, values masked
+  initfetch preview --offline                    # no backend, no credentials: placeholders""",
+    "check": """examples:
+  initfetch check -m deploy/initfetch.yaml       # manifest and templates, offline; exit 2 on a problem""",
+    "healthcheck": """examples:
+  initfetch healthcheck -o /run/secrets          # exit 0 once a complete render is in place, else 1""",
+    "init": """examples:
+  initfetch init                                 # writes ./initfetch.yaml and templates/config.json.j2""",
+}
+
+
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument(
-        "--log-format", choices=("text", "json"), default=env.get("INITFETCH_LOG_FORMAT", "text")
-    )
-    common.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default=env.get("INITFETCH_LOG_LEVEL", "info"),
-    )
-    common.add_argument(
-        "--audit-file",
-        default=env.get("INITFETCH_AUDIT_FILE"),
-        help="also append one JSON audit record per reference to this file",
-    )
+    def logging_options(defaults: bool) -> _Parser:
+        """--log-format/--log-level, on the main parser (with the defaults) and on every command.
+
+        On the commands the default is SUPPRESS: a value given before the command
+        (`initfetch --log-level error render`) is not overwritten by a default after it.
+        """
+        group = _Parser(add_help=False)
+        group.add_argument(
+            "--log-format",
+            choices=LOG_FORMATS,
+            default=env.get("INITFETCH_LOG_FORMAT", "text") if defaults else argparse.SUPPRESS,
+            help="text or JSON lines on stderr [$INITFETCH_LOG_FORMAT, text]",
+        )
+        group.add_argument(
+            "--log-level",
+            choices=LOG_LEVELS,
+            default=env.get("INITFETCH_LOG_LEVEL", "info") if defaults else argparse.SUPPRESS,
+            help="console level; debug also prints the audit records [$INITFETCH_LOG_LEVEL, info]",
+        )
+        return group
+
+    def audit_option(defaults: bool) -> _Parser:
+        group = _Parser(add_help=False)
+        group.add_argument(
+            "--audit-file",
+            default=env.get("INITFETCH_AUDIT_FILE") if defaults else argparse.SUPPRESS,
+            help="append one JSON audit record per reference to this file, whatever the log level "
+            "[$INITFETCH_AUDIT_FILE]",
+        )
+        return group
 
     manifest = _Parser(add_help=False)
     manifest.add_argument(
@@ -78,7 +118,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--timeout",
         type=float,
         default=env.get("INITFETCH_TIMEOUT", "60"),  # a string default goes through type=
-        help="overall deadline in seconds for resolving, retries included [$INITFETCH_TIMEOUT, 60]",
+        help="overall deadline in seconds for resolving and rendering, retries included "
+        "[$INITFETCH_TIMEOUT, 60]",
     )
     fetching.add_argument(
         "--concurrency",
@@ -88,32 +129,46 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         f"ceiling (concurrency: in the manifest) [$INITFETCH_CONCURRENCY, {DEFAULT_CONCURRENCY}]",
     )
 
-    output = _Parser(add_help=False)
-    output.add_argument(
+    out_dir = _Parser(add_help=False)
+    out_dir.add_argument(
         "-o",
         "--out",
         default=env.get("INITFETCH_OUT", "/run/secrets"),
         help="output directory [$INITFETCH_OUT, /run/secrets]",
     )
-    output.add_argument(
+    writing = _Parser(add_help=False)
+    writing.add_argument(
         "--allow-disk",
         action="store_true",
         default=_flag(env, "INITFETCH_ALLOW_DISK"),
-        help="allow writing to a filesystem that is not tmpfs/ramfs [$INITFETCH_ALLOW_DISK=1]",
+        help="write even if the output directory is not on tmpfs/ramfs [$INITFETCH_ALLOW_DISK=1]",
     )
 
     parser = _Parser(
         prog="initfetch",
-        description="Fetch secrets into tmpfs files or a process environment.",
-        parents=[common],
+        description="Fetch secrets from Vault/OpenBao, AWS and Azure into tmpfs files or a process "
+        "environment: init container, sidecar or ENTRYPOINT wrapper.",
+        epilog="Run 'initfetch COMMAND --help' for a command's options and examples.",
+        parents=[logging_options(True), audit_option(True)],
     )
     parser.add_argument("--version", action="version", version=f"initfetch {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    logs, audits = logging_options(False), audit_option(False)
 
-    p = sub.add_parser(
+    def command(name: str, parents: list[_Parser], summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            parents=[logs, *parents],
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = command(
         "render",
-        parents=[common, manifest, fetching, output],
-        help="resolve, render, write, exit (init container)",
+        [audits, manifest, fetching, out_dir, writing],
+        "resolve, render and write every file, then exit (init container) or hold (sidecar)",
     )
     p.add_argument(
         "--hold",
@@ -123,10 +178,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "[$INITFETCH_HOLD=1]",
     )
 
-    p = sub.add_parser(
+    p = command(
         "exec",
-        parents=[common, manifest, fetching, output],
-        help="resolve, render, then exec CMD with secrets in its environment",
+        [audits, manifest, fetching, out_dir, writing],
+        "resolve and render, then run CMD with the secrets in its environment",
     )
     p.add_argument(
         "--supervise",
@@ -136,8 +191,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARG...")
 
-    p = sub.add_parser(
-        "preview", parents=[common, manifest, fetching], help="print what would be written, values masked"
+    p = command(
+        "preview",
+        [audits, manifest, fetching],
+        "print what would be written and exported, values masked unless --reveal",
     )
     p.add_argument(
         "--offline",
@@ -152,9 +209,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="show real values [$INITFETCH_REVEAL=1]",
     )
 
-    sub.add_parser("check", parents=[common, manifest], help="validate manifest and templates, no network")
-
-    sub.add_parser("healthcheck", parents=[common, output], help="exit 0 once a complete render is in place")
+    command("check", [manifest], "validate the manifest and templates offline, no backend contacted")
+    command("healthcheck", [out_dir], "exit 0 once a complete render is in place in the output directory")
+    p = command("init", [], "write a commented starter manifest and template; never overwrites")
+    p.add_argument(
+        "--dir", default=".", help="where to write initfetch.yaml and templates/ [current directory]"
+    )
     return parser
 
 
@@ -174,10 +234,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     env = dict(os.environ if environ is None else environ)
     parser = build_parser(env)
     args = parser.parse_args(argv)
-    for name, choices in (
-        ("log_format", ("text", "json")),
-        ("log_level", ("debug", "info", "warning", "error")),
-    ):
+    for name, choices in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS)):
         if getattr(args, name) not in choices:  # argparse does not check defaults taken from INITFETCH_*
             parser.error(f"INITFETCH_{name.upper()} must be one of {', '.join(choices)}")
     redactor = Redactor()
@@ -261,7 +318,7 @@ def _write(manifest: Manifest, resolution: Resolution, rendered: Rendered, args:
         list(rendered.env),
     )
     writer.write_all(out_dir, rendered.files, manifest.outputs, marker, allow_disk=args.allow_disk)
-    log.info("wrote %d file(s) to %s", len(rendered.files), out_dir)
+    log.info("wrote %d file(s) and the completion marker to %s", len(rendered.files), out_dir)
 
 
 def cmd_render(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
@@ -290,6 +347,11 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
         cmd = cmd[1:]
     if not cmd:
         raise BadInput("exec needs a command: initfetch exec [options] -- CMD ARG...")
+    from initfetch import execute
+
+    cannot = execute.cannot_run(cmd[0], env)  # before any backend is asked for a secret
+    if cannot is not None:
+        return cannot
     path = _manifest_path(args, env)
     if args.manifest is None and not env.get("INITFETCH_MANIFEST") and not path.exists():
         from initfetch.zeroconf import manifest_from_env  # the wrapper mode, without a manifest
@@ -309,10 +371,8 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
     for name, inst in resolution.instances.items():
         if not manifest.providers[name].keep_credentials:
             remove |= inst.credential_env()
-    from initfetch import execute
-
     child = execute.child_env(env, rendered.env, remove)
-    log.info("starting %s with %d secret variable(s)", cmd[0], len(rendered.env))
+    log.info("starting %s with %d variable(s) from the manifest", cmd[0], len(rendered.env))
     return execute.supervise(cmd, child) if args.supervise else execute.replace(cmd, child)
 
 
@@ -364,10 +424,27 @@ def cmd_healthcheck(args: argparse.Namespace, env: Mapping[str, str], redactor: 
     return 0
 
 
+def cmd_init(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    from initfetch.starter import write_starter
+
+    written = write_starter(Path(args.dir))
+    for path in written:
+        print(f"wrote {path}")
+    manifest = written[0]
+    print(
+        "next:\n"
+        f"  initfetch check -m {manifest}\n"
+        f"  initfetch preview -m {manifest}\n"
+        f"  initfetch render -m {manifest} -o /dev/shm/initfetch-demo"
+    )
+    return 0
+
+
 COMMANDS = {
     "render": cmd_render,
     "exec": cmd_exec,
     "preview": cmd_preview,
     "check": cmd_check,
     "healthcheck": cmd_healthcheck,
+    "init": cmd_init,
 }

@@ -61,6 +61,24 @@ def _cannot_start(command: str, e: OSError) -> int:
     return EXIT_CANNOT_EXECUTE
 
 
+def cannot_run(command: str, env: Mapping[str, str]) -> int | None:
+    """126/127 (logged) if `command` cannot be started with this PATH, else None.
+
+    Asked before any backend is contacted, so a typo costs no lease and no read.
+    """
+    import shutil
+
+    if "/" in command:
+        if not os.path.exists(command):
+            return _cannot_start(command, FileNotFoundError())
+        if os.path.isdir(command) or not os.access(command, os.X_OK):
+            return _cannot_start(command, PermissionError(13, "Permission denied"))
+        return None
+    if shutil.which(command, path=env.get("PATH", os.defpath)) is None:
+        return _cannot_start(command, FileNotFoundError())
+    return None
+
+
 def supervise(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """Run the command as a child, forward signals, reap zombies, mirror its exit."""
     child_pid: int | None = None

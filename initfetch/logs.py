@@ -1,9 +1,11 @@
 """Logging and the audit trail, both scrubbed through the redactor.
 
-Log lines go to stderr as text (`initfetch: level: message`) or JSON lines.
-Audit records (one per reference: reference, provider, version, duration,
-outcome; never a value) go to the same stream, and also to `--audit-file` as
-JSON lines when one is given.
+Log lines go to stderr as text (`initfetch: level: message`) or JSON lines, at
+the console level (`--log-level`). Audit records (one per reference: reference,
+provider, version, lease, duration, outcome; never a value) go to
+`--audit-file` as JSON lines whatever the console level, and to the console
+only at `--log-level debug`: a quiet console never costs the audit trail, and a
+normal run does not print a line per secret.
 """
 
 from __future__ import annotations
@@ -74,15 +76,31 @@ def _text(v: Any) -> str:
     return json.dumps(s) if (" " in s or s == "") else s
 
 
+class _ConsoleAudit(logging.Filter):
+    """Audit records reach the console only when it shows debug output."""
+
+    def __init__(self, show: bool) -> None:
+        super().__init__()
+        self.show = show
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.show or not record.name.startswith(audit_log.name)
+
+
 def setup(
     redactor: Redactor, *, fmt: str = "text", level: str = "info", audit_file: str | None = None
 ) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
+    for h in list(audit_log.handlers):
+        audit_log.removeHandler(h)
+    console_level = getattr(logging, level.upper(), logging.INFO)
     scrub = _Scrub(redactor)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    handler.setLevel(console_level)
+    handler.addFilter(_ConsoleAudit(console_level <= logging.DEBUG))
     handler.addFilter(scrub)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)  # third-party libraries stay quiet unless they warn
@@ -90,7 +108,9 @@ def setup(
     # optional SOCKS extra is noise for every user.
     warnings.filterwarnings("ignore", message="SOCKS support in urllib3")
     logging.captureWarnings(True)
-    log.setLevel(getattr(logging, level.upper(), logging.INFO))
+    log.setLevel(console_level)
+    audit_log.setLevel(logging.DEBUG if console_level <= logging.DEBUG else logging.INFO)
+    audit_log.disabled = not audit_file and console_level > logging.DEBUG  # nobody reads them: no cost
     if audit_file:
         file_handler = logging.FileHandler(audit_file, encoding="utf-8")
         file_handler.setFormatter(_JsonFormatter())

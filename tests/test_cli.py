@@ -94,6 +94,7 @@ def test_env_twins_configure_everything(project: Path) -> None:
         INITFETCH_OUT=str(out),
         INITFETCH_ALLOW_DISK="1",
         INITFETCH_LOG_FORMAT="json",
+        INITFETCH_LOG_LEVEL="debug",  # audit records reach the console only at debug
     )
     r = run_cli(["render"], env=env, cwd="/")
     assert r.returncode == 0, r.stderr
@@ -158,7 +159,9 @@ templates:
         "{{ secrets.fallback }} {{ secrets.maybe | default('none') }} {{ secrets.present }}",
     )
     r = run_cli(
-        ["render", "-o", str(tmp_path / "o"), "--allow-disk"], env=clean_env(PRESENT="p"), cwd=tmp_path
+        ["render", "-o", str(tmp_path / "o"), "--allow-disk", "--log-level", "debug"],
+        env=clean_env(PRESENT="p"),
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o/out.txt").read_text() == "fallback-value none p"
@@ -275,7 +278,7 @@ def test_unset_variable_in_reference_is_bad_input(tmp_path: Path) -> None:
     r = run_cli(["render", "-o", str(tmp_path / "o"), "--allow-disk"], env=clean_env(), cwd=tmp_path)
     assert r.returncode == 2 and "STAGE is not set" in r.stderr
     r = run_cli(
-        ["render", "-o", str(tmp_path / "o"), "--allow-disk"],
+        ["render", "-o", str(tmp_path / "o"), "--allow-disk", "--log-level", "debug"],
         env=clean_env(STAGE="PROD", PROD_PASSWORD="x1"),
         cwd=tmp_path,
     )
