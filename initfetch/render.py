@@ -293,8 +293,8 @@ class Sandbox(ImmutableSandboxedEnvironment):
         self.max_size = max_size
         self.deadline: float | None = None
         self.memory_budget = max(_MEMORY_FLOOR, _MEMORY_FACTOR * max_size)
-        self._ticks = 0
         self._rss_start: int | None = None
+        self._rss_next = 0.0
 
     def start_clock(self, deadline: float | None) -> None:
         self.deadline = deadline
@@ -302,10 +302,13 @@ class Sandbox(ImmutableSandboxedEnvironment):
 
     def tick(self) -> None:
         """Called at every loop iteration, call and template: the deadline and memory budget."""
-        if self.deadline is not None and time.monotonic() > self.deadline:
+        now = time.monotonic()
+        if self.deadline is not None and now > self.deadline:
             raise _OutOfTime
-        self._ticks += 1
-        if self._ticks % 1024 == 0 and self._rss_start is not None:
+        # memory at most every millisecond: reading it costs a few microseconds, and
+        # nothing allocates more than a few MiB in between besides one checked value
+        if now >= self._rss_next and self._rss_start is not None:
+            self._rss_next = now + 0.001
             rss = _statm_rss()
             if rss is not None and rss - self._rss_start > self.memory_budget:
                 raise _OutOfMemory
@@ -319,7 +322,20 @@ class Sandbox(ImmutableSandboxedEnvironment):
         if estimate is not None and estimate > self.max_size:
             raise self.too_large()
 
+    def take(self, iterable: Any) -> list[Any]:
+        """A generator's items, refused as soon as together they pass the limit."""
+        items: list[Any] = []
+        total = 0
+        for item in iterable:
+            total += _size(item, self.max_size)
+            if total > self.max_size:
+                raise self.too_large()
+            items.append(item)
+        return items
+
     def checked(self, value: Any) -> Any:
+        if type(value) is str and len(value) <= self.max_size:  # the common case, kept cheap
+            return value
         if _size(value, self.max_size) > self.max_size:
             raise self.too_large()
         return value
@@ -344,8 +360,8 @@ class Sandbox(ImmutableSandboxedEnvironment):
         target = getattr(__obj, "__self__", None)
         if isinstance(target, str | bytes) and getattr(__obj, "__name__", "") == "join" and args:
             items = args[0]
-            if not isinstance(items, str | bytes | list | tuple):  # a generator: look at it once
-                items = list(itertools.islice(items, __self.max_size + 1))
+            if not isinstance(items, _SEQ):  # a generator: read it once, within the limit
+                items = __self.take(items)
                 args = (items, *args[1:])
             __self.refuse_over(_join_estimate(items, target, __self.max_size))
         __self.refuse_over(_call_estimate(__obj, args, kwargs, __self.max_size))
@@ -374,13 +390,15 @@ class Sandbox(ImmutableSandboxedEnvironment):
         estimate = _FILTER_ESTIMATES.get(name)
         sandbox = self
 
+        is_join = name == "join"
+
         @functools.wraps(fn)  # keeps jinja_pass_arg, so Jinja still passes the context
         def bounded(*args: Any, **kwargs: Any) -> Any:
             sandbox.tick()  # a loop's condition or a map() can repeat work without a block
-            if name == "join" and len(args) > skip and not isinstance(args[skip], str | list | tuple):
-                items = list(itertools.islice(args[skip], sandbox.max_size + 1))
-                args = (*args[:skip], items, *args[skip + 1 :])
-            if estimate is not None:
+            if is_join and len(args) > skip and not isinstance(args[skip], _SEQ):
+                args = (*args[:skip], sandbox.take(args[skip]), *args[skip + 1 :])
+            # with the value alone, every filter's output is linear in its input
+            if estimate is not None and (len(args) > skip + 1 or kwargs or is_join):
                 try:
                     guess = estimate(sandbox.max_size, *args[skip:], **kwargs)
                 except TypeError:

@@ -124,6 +124,10 @@ CORPUS = [
         "{% for i in range(100000) %}{{ 'x' * 1000000 }}{% endfor %}",
         "output t.txt: " + OUTPUT_LIMIT,
     ),
+    ("map-join", "{{ range(100000) | map('center', 100000) | join }}", TOO_LARGE),
+    ("map-str-join", "{{ ''.join(range(100000) | map('center', 100000)) }}", TOO_LARGE),
+    # each item is under the limit, the list of them is not: the memory bound stops it
+    ("map-list", "{{ range(100000) | map('center', 100000) | list | length }}", "used more than 256 MiB"),
     (
         # a buffer of small pieces grows without any single value being large
         "buffer-growth",
