@@ -28,10 +28,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_NO_INPUT=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# Build tools in their own venv, never in the image: the build backend and the SBOM generator.
+# Build tools in their own venv outside /opt, never in the image: the build backend and the
+# SBOM generator.
 COPY requirements/build.txt requirements/sbom.txt /src/requirements/
-RUN python3 -m venv /opt/tools \
-    && /opt/tools/bin/pip install --require-hashes --only-binary :all: \
+RUN python3 -m venv /build/tools \
+    && /build/tools/bin/pip install --require-hashes --only-binary :all: \
        -r /src/requirements/build.txt -r /src/requirements/sbom.txt
 
 # The dependencies of the chosen extras, from their lock files (core.txt for none), into a venv
@@ -47,7 +48,7 @@ RUN set -e; set --; IFS=', '; \
         set -- "$@" -r "/src/requirements/$extra.txt"; \
     done; unset IFS; \
     python3 -m venv --without-pip /opt/initfetch \
-    && /opt/tools/bin/pip --python /opt/initfetch/bin/python install --require-hashes \
+    && /build/tools/bin/pip --python /opt/initfetch/bin/python install --require-hashes \
        --only-binary :all: --no-compile "$@" \
     && rm -f /opt/initfetch/bin/activate* /opt/initfetch/bin/Activate.ps1 \
     && python3 /src/docker/slim.py /opt/initfetch
@@ -55,16 +56,16 @@ RUN set -e; set --; IFS=', '; \
 # The package itself: a wheel built with the locked build backend, installed without deps.
 COPY pyproject.toml README.m[d] /src/
 COPY initfetch /src/initfetch
-RUN /opt/tools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels /src \
-    && /opt/tools/bin/pip --python /opt/initfetch/bin/python install --no-deps --no-compile \
-       /wheels/initfetch-*.whl \
+RUN /build/tools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /build/wheels /src \
+    && /build/tools/bin/pip --python /opt/initfetch/bin/python install --no-deps --no-compile \
+       /build/wheels/initfetch-*.whl \
     && python3 /src/docker/slim.py /opt/initfetch \
     && /opt/initfetch/bin/initfetch --version
 
 # The SBOM from the installed environment, then every mtime set to one instant (commit time).
 # Declared here, not above, so a new commit time reuses the dependency layers.
 ARG SOURCE_DATE_EPOCH=
-RUN /opt/tools/bin/cyclonedx-py environment --output-reproducible --sv 1.6 --of JSON \
+RUN /build/tools/bin/cyclonedx-py environment --output-reproducible --sv 1.6 --of JSON \
        -o /opt/initfetch/sbom.cdx.json /opt/initfetch/bin/python \
     && find /opt/initfetch -exec touch --no-dereference --date="@${SOURCE_DATE_EPOCH:-0}" {} +
 
@@ -91,8 +92,9 @@ RUN groupadd --gid 65532 nonroot \
        --shell /usr/sbin/nologin nonroot \
     && find / -xdev -perm -o+w ! -type l -exec chmod o-w {} +
 
-# Owned by root, read-only to the runtime user.
-COPY --from=build /opt/initfetch /opt/initfetch
+# Owned by root, read-only to the runtime user. /opt whole, not /opt/initfetch: the engine would
+# make that destination itself, with the time of the build, and two builds would differ.
+COPY --from=build /opt /opt
 ENV PATH=/opt/initfetch/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
