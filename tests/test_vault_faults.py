@@ -245,13 +245,3 @@ def test_slow_drip_server_does_not_keep_the_run_past_the_deadline(tmp_path: Path
         error, t0 = resolve_until_failure(tmp_path, server.url)
     assert time.monotonic() - t0 < 3
     assert error.exit_code == 4
-
-
-def test_bao_variables_are_neither_read_nor_stripped(openbao: OpenBao) -> None:
-    """Only VAULT_* is read: BAO_ADDR/BAO_TOKEN do not log in, and exec leaves BAO_TOKEN alone."""
-    p = VaultProvider("vault", {}, {"BAO_ADDR": openbao.url, "BAO_TOKEN": "root", "HOME": "/nonexistent"})
-    assert p.conn.address == "https://127.0.0.1:8200"  # the default, not BAO_ADDR
-    p = VaultProvider("vault", {"address": openbao.url}, {"BAO_TOKEN": "root", "HOME": "/nonexistent"})
-    with pytest.raises(AccessDenied, match="no Vault token"):
-        fetch(p, "vault://secret/x")
-    assert p.credential_env() == set()

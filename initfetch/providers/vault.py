@@ -24,7 +24,14 @@ from typing import Any, ClassVar
 from initfetch.errors import AccessDenied, BadReference, NotFound, SecretError, Unavailable
 from initfetch.providers.base import Document, FetchContext, Lease, OptionProblem, Provider
 from initfetch.providers.vault_auth import AuthMethod, check_auth, make_auth
-from initfetch.providers.vault_http import Connection, call_timeout, make_session, mapped_errors
+from initfetch.providers.vault_http import (
+    Connection,
+    call_timeout,
+    make_session,
+    mapped_errors,
+    not_vault,
+    not_vault_message,
+)
 from initfetch.reference import DocKey, Reference
 
 log = logging.getLogger("initfetch.providers.vault")
@@ -72,7 +79,16 @@ class VaultProvider(Provider):
                 name,
                 self.conn.address,
             )
-        elif environ.get("VAULT_SKIP_VERIFY"):
+        if self.conn.address_from == "default":
+            log.warning(
+                "vault provider %r: VAULT_ADDR (or BAO_ADDR) is not set and the manifest gives no "
+                "address; using the Vault CLI's default %s",
+                name,
+                self.conn.address,
+            )
+        elif self.conn.address_from.startswith("BAO_"):
+            log.info("vault provider %r: address from %s", name, self.conn.address_from)
+        if not self.conn.skip_verify and environ.get("VAULT_SKIP_VERIFY"):
             log.warning(
                 "vault provider %r: VAULT_SKIP_VERIFY is ignored; set tls_skip_verify: true in the manifest "
                 "to turn verification off",
@@ -178,7 +194,13 @@ class VaultProvider(Provider):
             return self._read_plain(client, mount, doc.path)
 
     def _errors(self, what: str) -> Any:
-        return mapped_errors(self._session, what=what, address=self.conn.address, scrub=self.auth.secrets())
+        return mapped_errors(
+            self._session,
+            what=what,
+            address=self.conn.address,
+            scrub=self.auth.secrets(),
+            hint=self.conn.unreachable_hint(),
+        )
 
     def _mount_for(self, client: Any, path: str) -> Mount | None:
         """The mount serving `path`, as `sys/internal/ui/mounts/<path>` tells (the CLI's way); cached.
@@ -220,7 +242,11 @@ class VaultProvider(Provider):
         with self._errors(f"detecting the secrets engine of {path}"):
             try:
                 response = client.adapter.get(f"/v1/sys/internal/ui/mounts/{path}")
-            except (hx.Forbidden, hx.InvalidPath):
+            except hx.InvalidPath as e:
+                if not_vault(e):  # any web server answers 404 to this: say so, not "not found"
+                    raise BadReference(not_vault_message(self.conn.address, 404)) from None
+                return None
+            except hx.Forbidden:
                 return None
         data = response.get("data") if isinstance(response, dict) else None
         if not isinstance(data, dict) or not isinstance(data.get("path"), str):
@@ -275,6 +301,8 @@ class VaultProvider(Provider):
                 try:
                     response = client.adapter.get(f"/v1/{path}")
                 except hx.InvalidPath as e:
+                    if not_vault(e):
+                        raise BadReference(not_vault_message(self.conn.address, 404)) from None
                     hint = " (no secrets engine is mounted there)" if _no_route(e) else ""
                     raise NotFound(f"no secret at {path}{hint}") from None
         except AccessDenied as e:
@@ -290,8 +318,12 @@ class VaultProvider(Provider):
                     "access to this mount at all"
                 ) from None
             raise
+        text = _plain_text(response)
+        if text is not None:  # e.g. pki/ca/pem: the body is the value
+            return Document(value=text, metadata={"engine": mount.type if mount else None})
         if not isinstance(response, dict) or not isinstance(response.get("data"), dict):
-            raise NotFound(f"{path} returned no data")
+            status = getattr(response, "status_code", 200)
+            raise NotFound(f"{path} returned no data (HTTP {status}, empty body)")
         lease = None
         if response.get("lease_id"):
             lease = Lease(
@@ -340,3 +372,11 @@ def _as_dict(value: object) -> dict[str, Any]:
 def _no_route(e: Any) -> bool:
     errors = getattr(e, "errors", None) or []
     return any("no handler for route" in str(x) for x in errors)
+
+
+def _plain_text(response: Any) -> str | None:
+    """The body of a 200 answer that is not JSON (hvac returns the raw response for those)."""
+    if isinstance(response, dict) or getattr(response, "status_code", None) != 200:
+        return None
+    text = getattr(response, "text", "")
+    return text if isinstance(text, str) and text else None

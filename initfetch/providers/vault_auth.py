@@ -122,34 +122,44 @@ class AuthMethod:
 
 
 class TokenAuth(AuthMethod):
-    """A ready token: `token_file`, else VAULT_TOKEN, else ~/.vault-token (as the Vault CLI does)."""
+    """A ready token: `token_file`, else VAULT_TOKEN (or OpenBao's BAO_TOKEN), else
+    ~/.vault-token (as the Vault CLI does)."""
 
     method = "token"
     KEYS: ClassVar[dict[str, type]] = {"token_file": str, "token_env": str}
 
+    def _variables(self) -> tuple[str, ...]:
+        if "token_env" in self.options:
+            return (str(self.options["token_env"]),)
+        return ("VAULT_TOKEN", "BAO_TOKEN")  # the VAULT_ name wins when both are set
+
     def _token(self) -> str:
         if "token_file" in self.options:
             return _read_file(str(self.options["token_file"]), "token")
-        var = str(self.options.get("token_env", "VAULT_TOKEN"))
-        value = self.environ.get(var, "").strip()
-        if value:
-            self._env_used.add(var)
-            return value
+        for var in self._variables():
+            value = self.environ.get(var, "").strip()
+            if value:
+                self._env_used.add(var)
+                self.source = var
+                return value
         if "token_env" in self.options:
+            var = self._variables()[0]
             raise LoginError(f"environment variable {var} (auth token_env) is not set or empty")
         home = self.environ.get("HOME")
         if home and os.path.exists(os.path.join(home, ".vault-token")):
+            self.source = "~/.vault-token"
             return _read_file(os.path.join(home, ".vault-token"), "token")
-        raise LoginError("no Vault token: set VAULT_TOKEN, auth.token_file, or write ~/.vault-token")
+        raise LoginError(
+            "no Vault token: set VAULT_TOKEN (or BAO_TOKEN), auth.token_file, or write ~/.vault-token"
+        )
 
     def configured_env(self) -> set[str]:
         if "token_file" in self.options:
             return set()
-        var = str(self.options.get("token_env", "VAULT_TOKEN"))
-        return ({var} if self.environ.get(var) else set()) | self._env_used
+        return {v for v in self._variables() if self.environ.get(v)} | self._env_used
 
     def describe(self) -> str:
-        return "token login"
+        return f"token login ({self.source})" if getattr(self, "source", None) else "token login"
 
     def login(self, client: Any) -> None:
         token = self._token()

@@ -27,9 +27,19 @@ from initfetch.errors import (
 DEFAULT_ADDRESS = "https://127.0.0.1:8200"  # the Vault CLI's default
 
 
+def env_var(environ: Mapping[str, str], name: str) -> tuple[str | None, str]:
+    """`VAULT_<name>`, else OpenBao's `BAO_<name>` (its CLI and dev server use those):
+    the value and the variable it came from. The VAULT_ name wins when both are set."""
+    for var in (f"VAULT_{name}", f"BAO_{name}"):
+        value = environ.get(var)
+        if value:
+            return value, var
+    return None, f"VAULT_{name}"
+
+
 @dataclass(frozen=True)
 class Connection:
-    """Where and how to connect; manifest options first, then the standard VAULT_* variables."""
+    """Where and how to connect; manifest options first, then VAULT_* (or BAO_*) variables."""
 
     address: str
     namespace: str | None
@@ -39,25 +49,41 @@ class Connection:
     client_key: str | None
     tls_server_name: str | None
     skip_verify: bool
+    address_from: str = "address"  # where the address came from: the option, a variable, the default
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], environ: Mapping[str, str]) -> Connection:
-        def pick(option: str, var: str) -> str | None:
+        def pick(option: str, name: str) -> str | None:
             value = options.get(option)
             if value is None:
-                value = environ.get(var) or None
+                value = env_var(environ, name)[0]
             return str(value) if value is not None else None
 
+        if options.get("address"):
+            address, address_from = str(options["address"]), "the manifest's address"
+        else:
+            value, var = env_var(environ, "ADDR")
+            address, address_from = (value, var) if value else (DEFAULT_ADDRESS, "default")
         return cls(
-            address=(pick("address", "VAULT_ADDR") or DEFAULT_ADDRESS).rstrip("/"),
-            namespace=pick("namespace", "VAULT_NAMESPACE"),
-            ca_file=pick("ca_file", "VAULT_CACERT"),
-            ca_path=pick("ca_path", "VAULT_CAPATH"),
-            client_cert=pick("client_cert", "VAULT_CLIENT_CERT"),
-            client_key=pick("client_key", "VAULT_CLIENT_KEY"),
-            tls_server_name=pick("tls_server_name", "VAULT_TLS_SERVER_NAME"),
+            address=address.rstrip("/"),
+            namespace=pick("namespace", "NAMESPACE"),
+            ca_file=pick("ca_file", "CACERT"),
+            ca_path=pick("ca_path", "CAPATH"),
+            client_cert=pick("client_cert", "CLIENT_CERT"),
+            client_key=pick("client_key", "CLIENT_KEY"),
+            tls_server_name=pick("tls_server_name", "TLS_SERVER_NAME"),
             skip_verify=options.get("tls_skip_verify") is True,
+            address_from=address_from,
         )
+
+    def unreachable_hint(self) -> str:
+        """What to check when nothing answers: an unset VAULT_ADDR is the usual cause."""
+        if self.address_from == "default":
+            return (
+                f" (VAULT_ADDR and BAO_ADDR are not set and the manifest gives no address, "
+                f"so the Vault CLI's default {DEFAULT_ADDRESS} was used)"
+            )
+        return ""
 
     @property
     def verify(self) -> bool | str:
@@ -147,7 +173,7 @@ def vault_message(e: BaseException, scrub: list[str]) -> str:
 
 @contextmanager
 def mapped_errors(
-    session: Any, *, what: str, address: str, scrub: list[str], login: bool = False
+    session: Any, *, what: str, address: str, scrub: list[str], login: bool = False, hint: str = ""
 ) -> Iterator[None]:
     """Turn hvac/requests failures of one call into SecretErrors.
 
@@ -169,7 +195,7 @@ def mapped_errors(
     except requests.exceptions.Timeout:
         raise Unavailable(f"Vault at {address} timed out while {what}") from None
     except requests.exceptions.ConnectionError:
-        raise Unavailable(f"cannot connect to Vault at {address} while {what}") from None
+        raise Unavailable(f"cannot connect to Vault at {address} while {what}{hint}") from None
     except requests.exceptions.RequestException as e:
         raise Unavailable(
             f"HTTP error from Vault at {address} while {what}: {e.__class__.__name__}"
@@ -207,5 +233,24 @@ def mapped_errors(
         if login:
             raise AccessDenied(f"{what} was refused{suffix}") from None
         if isinstance(e, hx.InvalidPath):
+            if not_vault(e):
+                raise BadReference(not_vault_message(address, status)) from None
             raise NotFound(f"nothing found {what}{suffix}") from None
+        if status == 405:
+            raise BadReference(
+                f"Vault does not allow reading this path (405) while {what}: initfetch only reads; "
+                "endpoints that issue on write (pki/issue/..., transit) are not references"
+            ) from None
         raise BadReference(f"Vault rejected the request {what} ({status or 400}){suffix}") from None
+
+
+def not_vault(e: Any) -> bool:
+    """A 404 without Vault's JSON error body (`{"errors": [...]}`): some other web server answered."""
+    return getattr(e, "errors", None) is None and getattr(e, "json", None) is None
+
+
+def not_vault_message(address: str, status: int | None) -> str:
+    return (
+        f"the server at {address} does not look like Vault or OpenBao (HTTP {status or 404} without "
+        "Vault's JSON error body): check VAULT_ADDR or the manifest's address"
+    )
