@@ -392,7 +392,10 @@ def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Reda
             n: Resolved(n, s.ref_text, s.ref_text.partition(":")[0], "offline").meta()
             for n, s in manifest.secrets.items()
         }
-        rendered = render(manifest, values, meta, None, deadline=deadline, timeout=args.timeout)
+        hidden = preview.secret_files(manifest)  # nothing resolved offline, so nothing to scrub with
+        rendered = render(
+            manifest, values, meta, None, deadline=deadline, timeout=args.timeout, hidden=hidden
+        )
         preview.show(sys.stdout, manifest, rendered, None, None)
         return 0
     resolution = _resolve(manifest, args, env, redactor)

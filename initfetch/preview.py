@@ -18,6 +18,7 @@ very file a `file://` secret reads), and that content is a registered value.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from typing import Any, TextIO
 
@@ -44,6 +45,19 @@ class Placeholder(str):
         if isinstance(key, int | slice):
             return str.__getitem__(self, key)
         return Placeholder(f"{self.label}/{key}")
+
+
+def secret_files(manifest: Manifest) -> dict[str, str]:
+    """Real path -> secret name of every file:// secret: a template that includes one
+    shows its placeholder in a masked preview, offline too (no value to scrub there)."""
+    out: dict[str, str] = {}
+    for name, spec in manifest.secrets.items():
+        conf = manifest.providers.get(spec.ref.scheme) if spec.ref is not None else None
+        if spec.ref is None or conf is None or conf.type != "file":
+            continue
+        path = os.path.join(str(conf.options.get("base_dir", ".")), spec.ref.doc.path)
+        out[os.path.realpath(path)] = name
+    return out
 
 
 def placeholders(manifest: Manifest) -> dict[str, str]:
@@ -78,7 +92,7 @@ def masked(
     """What to show for a masked preview of `real`: the shadow render, or masked lines,
     scrubbed through `redactor`."""
     shadows = {name: shadow(value, name) for name, value in values.items()}
-    attempt = render_each(manifest, shadows, meta, None, deadline=deadline)
+    attempt = render_each(manifest, shadows, meta, None, deadline=deadline, hidden=secret_files(manifest))
     files = dict(attempt.rendered.files)
     for dest in attempt.failed & set(real.files):
         # Nothing selected from the real render is shown: even which literal lines

@@ -37,7 +37,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from initfetch.errors import BadInput, Loc, Problem
 from initfetch.limits import Limits, exceeded, human_size
 from initfetch.manifest import EnvFrom, Manifest, env_var_names
-from initfetch.redact import Redactor
+from initfetch.redact import Redactor, mask
 
 
 @dataclass
@@ -482,11 +482,34 @@ def _sum(environment: jinja2.Environment, iterable: Any, attribute: Any = None, 
     return sum(items, start)
 
 
+class _HidingLoader(jinja2.FileSystemLoader):
+    """Templates from the manifest's directory, except that a file which is also a
+    secret's source (file://) reads as its placeholder: for masked previews."""
+
+    def __init__(self, base_dir: Path, hidden: Mapping[str, str]) -> None:
+        super().__init__(str(base_dir))
+        self.hidden = hidden
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        label = self.hidden.get(os.path.realpath(filename))
+        if label is not None:  # the layout stays: the file's own final newline is not a value
+            source = mask(label) + ("\n" if source.endswith("\n") else "")
+        return source, filename, uptodate
+
+
 def environment(
-    base_dir: Path, redactor: Redactor | None = None, max_size: int = Limits().output_size
+    base_dir: Path,
+    redactor: Redactor | None = None,
+    max_size: int = Limits().output_size,
+    hidden: Mapping[str, str] | None = None,
 ) -> Sandbox:
+    """The sandbox; `hidden` maps real paths of secret files to the placeholder label
+    an `{% include %}` of them shows instead (masked previews)."""
     env = Sandbox(
-        loader=jinja2.FileSystemLoader(str(base_dir)),
+        loader=_HidingLoader(base_dir, hidden) if hidden else jinja2.FileSystemLoader(str(base_dir)),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
@@ -709,6 +732,7 @@ def render_each(
     *,
     deadline: float | None = None,
     timeout: float | None = None,
+    hidden: Mapping[str, str] | None = None,
 ) -> Attempt:
     """Render every output, env value and env_from spread in memory, each on its own.
 
@@ -716,7 +740,7 @@ def render_each(
     at `deadline` (a time.monotonic() value: what is left of `--timeout`).
     """
     limit = manifest.limits.output_size
-    env = environment(manifest.base_dir, redactor, limit)
+    env = environment(manifest.base_dir, redactor, limit, hidden)
     env.start_clock(deadline)
     context = {"secrets": dict(values), "meta": dict(meta)}
     problems: list[Problem] = []
@@ -867,12 +891,13 @@ def render(
     *,
     deadline: float | None = None,
     timeout: float | None = None,
+    hidden: Mapping[str, str] | None = None,
 ) -> Rendered:
     """Render everything in memory; raise BadInput listing every failure.
 
     `deadline` (time.monotonic()) bounds rendering time; `timeout` only names it in the error.
     """
-    attempt = render_each(manifest, values, meta, redactor, deadline=deadline, timeout=timeout)
+    attempt = render_each(manifest, values, meta, redactor, deadline=deadline, timeout=timeout, hidden=hidden)
     if attempt.problems:
         raise BadInput(attempt.problems, headline="templates failed to render")
     return attempt.rendered

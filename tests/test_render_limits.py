@@ -392,3 +392,33 @@ def test_preview_masks_an_included_secret_file(tmp_path: Path) -> None:
     assert "DB=<secret:db>\n" in r.stdout
     r = run_cli(["preview", "--reveal"], env=clean_env(), cwd=tmp_path)
     assert f"password={CANARY_INCLUDED}\n" in r.stdout
+
+
+def test_preview_scrubs_a_value_that_an_included_file_repeats(tmp_path: Path) -> None:
+    # not a secret's source file, so only the redactor knows that its content is a value
+    write(
+        tmp_path / "initfetch.yaml",
+        "version: 1\nsecrets:\n  pw: env://PW\ntemplates:\n  - {src: t.j2, dest: t.txt}\n"
+        "env:\n  E: \"{% include 'legacy.conf' %}\"\n",
+    )
+    write(tmp_path / "legacy.conf", f"user=app password={CANARY_INCLUDED}\n")
+    write(tmp_path / "t.j2", "{% include 'legacy.conf' %}")
+    r = run_cli(["preview"], env=clean_env(PW=CANARY_INCLUDED), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert CANARY_INCLUDED not in r.stdout + r.stderr
+    assert "user=app password=<secret:pw>\n--- env\nE=user=app password=<secret:pw>\n" in r.stdout
+
+
+def test_offline_preview_masks_an_included_secret_file(tmp_path: Path) -> None:
+    # offline nothing is resolved, so there is no value to scrub with: the file itself is masked
+    write(
+        tmp_path / "initfetch.yaml",
+        "version: 1\nsecrets:\n  db: file://secrets/db_password\ntemplates:\n  - {src: t.j2, dest: t.txt}\n",
+    )
+    write(tmp_path / "secrets/db_password", CANARY_INCLUDED + "\n")
+    (tmp_path / "link").symlink_to("secrets/db_password")  # another name for the same file
+    write(tmp_path / "t.j2", "a={% include 'secrets/db_password' %}\nb={% include 'link' %}\n")
+    r = run_cli(["preview", "--offline"], env=clean_env(), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert CANARY_INCLUDED not in r.stdout + r.stderr
+    assert "a=<secret:db>\n\nb=<secret:db>\n\n" in r.stdout  # the file's own newline stays
