@@ -254,6 +254,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return e.exit_code
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+    except BrokenPipeError:
+        # The reader went away (`initfetch preview | head`): stop quietly, as `cat` would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Terminated:
         log.error("terminated by SIGTERM before finishing; nothing more is written")
         return 128 + signal.SIGTERM

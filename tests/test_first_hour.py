@@ -168,3 +168,20 @@ def test_init_writes_a_working_starter_and_never_overwrites(tmp_path: Path) -> N
     assert r.returncode == 2 and "never overwrites" in r.stderr
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     assert os.listdir(tmp_path / "templates") == ["config.json.j2"]
+
+
+def test_preview_into_a_closed_pipe_stops_quietly(project: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "initfetch", "preview"],
+        env=env(),
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # like `| head -0`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "internal error" not in err
