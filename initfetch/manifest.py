@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from initfetch import limits as _limits
-from initfetch import providers, yamlsrc
+from initfetch import providers, watch_config, yamlsrc
 from initfetch.errors import BadInput, Loc, Problem, shown
 from initfetch.limits import Limits
 from initfetch.reference import Reference, RefSyntaxError, expand_reference, expand_vars
@@ -40,8 +40,9 @@ NAME_MAX = 255  # bytes in one path component (Linux)
 PATH_MAX = 4096  # bytes in a path, with its terminating NUL
 MODE_TEXT_RE = re.compile(r"^(0o?)?[0-7]{1,4}$")
 
-TOP_KEYS = {"version", "providers", "secrets", "templates", "files", "env", "env_from", "limits"}
-SECRET_KEYS = {"ref", "optional", "default"}
+TOP_KEYS = {"version", "providers", "secrets", "templates", "files", "env", "env_from", "limits", "on_change"}
+SECRET_KEYS = {"ref", "optional", "default", "refresh"}
+PROVIDER_KEYS = {"type", "keep_credentials", "refresh"}  # the rest are the provider's own options
 OUTPUT_KEYS = {"dest", "mode", "owner", "group"}
 TEMPLATE_KEYS = OUTPUT_KEYS | {"src"}
 FILE_KEYS = OUTPUT_KEYS | {"secret"}
@@ -99,6 +100,7 @@ class Manifest:
     env_from: list[EnvFrom] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
+    watch: watch_config.WatchConfig = field(default_factory=watch_config.WatchConfig)
 
     def provider_for(self, scheme: str) -> ProviderConfig:
         return self.providers[scheme]
@@ -134,6 +136,16 @@ class _Checker:
             return value
         self.add(where, f"{what} must be a string, not {type_name(value)}; quote it")
         return None
+
+
+class _Quoting:
+    """The checker as seen by code that quotes what it read: quoted text goes through `shown()`."""
+
+    def __init__(self, chk: _Checker) -> None:
+        self.chk = chk
+
+    def add(self, where: Loc, message: str) -> None:
+        self.chk.add(where, yamlsrc.clean_quotes(message))
 
 
 def type_name(value: Any) -> str:
@@ -191,6 +203,7 @@ def load_manifest(
     _load_secrets(chk, data, manifest, environ, lenient_vars)
     _load_outputs(chk, data, manifest, base_dir)
     _load_env(chk, data, manifest)
+    manifest.watch = watch_config.parse(_Quoting(chk), data)
     if chk.problems:
         raise BadInput(chk.problems)
     return manifest
@@ -320,7 +333,7 @@ def _load_providers(
             chk.add(conf.at("keep_credentials"), "keep_credentials must be true or false")
         options = {}
         for k, v in conf.items():
-            if k in ("type", "keep_credentials"):
+            if k in PROVIDER_KEYS:
                 continue
             if shown(k).startswith("(not shown"):  # the provider's own message would quote it
                 chk.add(conf.at(k), f"provider '{name}': unknown option {shown(k)}")

@@ -397,3 +397,17 @@ def test_zero_config_names_and_limits(tmp_path: Path) -> None:
     assert "BAD" not in r.stderr
     r = run_cli(["exec", "--", "true"], env=clean_env(INITFETCH_LIMIT_SECRET_SIZE="huge"), cwd=tmp_path)
     assert_bad_input(r, "INITFETCH_LIMIT_SECRET_SIZE must be a positive size")
+
+
+def test_watch_settings_are_read_and_their_errors_quote_nothing(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "m.yaml",
+        "version: 1\nproviders:\n  file: {type: file, refresh: 200ms}\n"
+        "secrets:\n  v: {ref: 'file://v', refresh: 1m}\non_change: {signal: USR1, grace: 5s}\n",
+    )
+    m = load_manifest(path, {})
+    assert m.watch.providers == {"file": 0.2} and m.watch.secrets == {"v": 60.0}
+    assert m.watch.on_change.grace == 5.0
+    r = check(tmp_path, f"version: 1\non_change: {{signal: '$6${CANARY} x', '$6${CANARY}': 1}}\n")
+    assert_bad_input(r, "m.yaml:2:", "unknown signal (not shown:", "unknown key (not shown:")
+    assert_no_canary(r.stderr)
