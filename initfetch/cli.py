@@ -246,7 +246,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         # PID 1 ignores SIGTERM unless it handles it: `docker stop` must not wait out the grace period.
         signal.signal(signal.SIGTERM, _terminate)
-        return COMMANDS[args.command](args, env, redactor)
+        code = COMMANDS[args.command](args, env, redactor)
+        sys.stdout.flush()  # a closed pipe must fail here, not in the interpreter's exit
+        return code
     except InitfetchError as e:
         for problem in e.problems:
             log.error("%s", problem)
