@@ -143,7 +143,10 @@ def _format_estimate(fmt: str, args: Iterable[Any], kwargs: Mapping[str, Any], b
     if any(isinstance(a, Mapping) for a in items):  # format_map
         items += [v for a in items if isinstance(a, Mapping) for v in a.values()]
     biggest = max((_size(a, budget) for a in items), default=0)
-    numbers = sum(abs(_int(a)) for a in items)
+    # a width taken from an argument may be an int or a string of digits
+    numbers = sum(abs(_int(a)) for a in items) + sum(
+        int(d[:19]) for a in items if isinstance(a, str) for d in re.findall(r"\d+", a[:1000])
+    )
     total = len(fmt)
     try:
         fields = string.Formatter().parse(fmt)
@@ -265,6 +268,25 @@ class _CodeGenerator(CodeGenerator):
     def visit_Concat(self, node: jinja2.nodes.Concat, frame: Frame) -> None:
         self.write("environment.checked(")
         super().visit_Concat(node, frame)
+        self.write(")")
+
+    # Literal containers: `[x, x, x, ...]` of a large x is large without any operator.
+    def visit_List(self, node: jinja2.nodes.List, frame: Frame) -> None:
+        self.write("environment.checked(")
+        super().visit_List(node, frame)
+        self.write(")")
+
+    def visit_Dict(self, node: jinja2.nodes.Dict, frame: Frame) -> None:
+        self.write("environment.checked(")
+        super().visit_Dict(node, frame)
+        self.write(")")
+
+    def visit_Tuple(self, node: jinja2.nodes.Tuple, frame: Frame) -> None:
+        if node.ctx != "load":  # an assignment target (`for a, b in ...`), not a value
+            super().visit_Tuple(node, frame)
+            return
+        self.write("environment.checked(")
+        super().visit_Tuple(node, frame)
         self.write(")")
 
 

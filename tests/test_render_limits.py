@@ -124,6 +124,10 @@ CORPUS = [
         "{% for i in range(100000) %}{{ 'x' * 1000000 }}{% endfor %}",
         "output t.txt: " + OUTPUT_LIMIT,
     ),
+    ("literal-list", "{% set b = 'x' * 10000000 %}{{ [b, b, b, b] }}", TOO_LARGE),
+    ("literal-tuple-tojson", "{% set b = 'x' * 10000000 %}{{ (b, b, b, b) | tojson }}", TOO_LARGE),
+    ("literal-dict", "{% set b = 'x' * 10000000 %}{{ {'a': b, 'b': b} }}", TOO_LARGE),
+    ("str-format-width-string", "{{ '{:{}}'.format(1, '999999999') }}", TOO_LARGE),
     ("map-join", "{{ range(100000) | map('center', 100000) | join }}", TOO_LARGE),
     ("map-str-join", "{{ ''.join(range(100000) | map('center', 100000)) }}", TOO_LARGE),
     # each item is under the limit, the list of them is not: the memory bound stops it
