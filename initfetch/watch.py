@@ -267,6 +267,22 @@ class Watcher:
                 log.warning("revoking lease %s failed (%s); it ends at its TTL", item.lease_id, e.kind)
         self.revokes = keep
 
+    def _revoke_tokens(self) -> None:
+        """Tokens initfetch logged in for (not one it was given) die with it."""
+        from initfetch.providers import vault_leases
+
+        for key in [k for k in self.leases if isinstance(k, Token)]:
+            inst = self._vault(key.instance)
+            if not vault_leases.can_login_again(inst) or "token_file" in inst.options:
+                continue
+            try:
+                vault_leases.revoke_token(inst, self._ctx())
+                log.info("revoked the Vault token of %s", key.instance)
+            except SecretError as e:
+                log.warning(
+                    "revoking the Vault token of %s failed (%s); it ends at its TTL", key.instance, e.kind
+                )
+
     def _next_revoke(self) -> float | None:
         return min((r.at for r in self.revokes), default=None)
 
@@ -415,6 +431,8 @@ class Watcher:
                 _Revoke(0.0, k.instance, lease.id) for k, lease in self.leases.items() if isinstance(k, Doc)
             )
         self._revoke_due(self.clock(), everything=True)
+        if revoke:
+            self._revoke_tokens()
         if wipe and self.out_dir is not None:
             wipe_files(self.out_dir, self.rendered.files)
 

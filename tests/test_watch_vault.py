@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hvac.exceptions
 import pytest
 
 import tests.backends.openbao as openbao_backend
@@ -61,6 +62,8 @@ class Running:
         self.thread.start()
 
     def close(self) -> None:
+        if self.stop.is_set():
+            return
         self.stop.set()
         self.thread.join(30)
         assert not self.thread.is_alive()
@@ -211,7 +214,7 @@ def test_the_login_token_is_renewed_then_replaced_by_a_new_approle_login(
     env = {"VAULT_ADDR": openbao.url, "HOME": str(tmp_path)}
     watcher, _ = start_watcher(tmp_path, manifest, env, WatchConfig(providers={"vault": 0.5}))
     begun = time.monotonic()
-    run(watcher, running)
+    loop = run(watcher, running)
 
     def messages() -> str:
         return "\n".join(r.getMessage() for r in caplog.records)
@@ -228,7 +231,13 @@ def test_the_login_token_is_renewed_then_replaced_by_a_new_approle_login(
     )
     c.secrets.kv.v2.create_or_update_secret("watch/token", {"v": "two"})
     wait_until(lambda: (tmp_path / "out/v").read_text() == "two", what="the new value")
-    assert_no_canary(messages(), canaries=[secret_id, role_id])
+    # Stopping with --revoke-on-exit revokes the token initfetch logged in for.
+    token = watcher.instances["vault"]._client.token
+    assert c.auth.token.lookup(token)["data"]["ttl"] > 0
+    loop.close()
+    with pytest.raises(hvac.exceptions.Forbidden):
+        c.auth.token.lookup(token)
+    assert_no_canary(messages(), canaries=[secret_id, role_id, token])
 
 
 def test_a_lease_that_expires_unrenewed_makes_healthcheck_unhealthy(tmp_path: Path) -> None:

@@ -76,6 +76,12 @@ def renew_token(provider: VaultProvider, increment: int, ctx: FetchContext) -> L
     return Lease(TOKEN_LEASE_ID, int(auth.get("lease_duration") or 0), bool(auth.get("renewable")))
 
 
+def revoke_token(provider: VaultProvider, ctx: FetchContext) -> None:
+    """Revoke the login token (and with it, in Vault, every lease it created)."""
+    with _client(provider, ctx, "revoking the token") as client:
+        client.auth.token.revoke_self()
+
+
 def can_login_again(provider: VaultProvider) -> bool:
     """A token from VAULT_TOKEN would only be the same token again; every other method can."""
     return provider.auth.method != "token" or "token_file" in provider.options
