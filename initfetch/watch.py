@@ -336,9 +336,11 @@ class Watcher:
             log.info(
                 "secret %s changed: %s (%s)", name, info[name].ref, _versions(self.info.get(name), info[name])
             )
-            self._remember(name, self.values.get(name))
+            self._previous[name] = self.values.get(name)
         replaced = self._reschedule(keys, info, now)
         self.values, self.info, self.rendered = values, info, rendered
+        if changed:
+            self._retire()
         for key in keys:
             for name in self.docs[key]:
                 self.expired.discard(name)
@@ -380,12 +382,17 @@ class Watcher:
         for key in keys:
             self.schedule.failed(key, now)
 
-    def _remember(self, name: str, old: Any) -> None:
-        """Keep masking the value just replaced (it may still be in flight), forget the one before."""
-        forget = getattr(self.redactor, "forget", None)
-        if name in self._previous and callable(forget):
-            forget(self._previous[name])
-        self._previous[name] = old
+    def _retire(self) -> None:
+        """Bound the redactor: keep masking the current values and the ones they replaced
+        (still in flight until the application reloads), forget older generations.
+
+        Needs `Redactor.retire(keep)` (forget every form except those of `keep` and those
+        registered since the previous retire, i.e. this render's derived forms); without
+        it the redactor keeps every value ever seen.
+        """
+        retire = getattr(self.redactor, "retire", None)
+        if callable(retire):
+            retire([*self.values.values(), *self._previous.values()])
 
     def _vault(self, instance: str) -> VaultProvider:
         return cast("VaultProvider", self.instances[instance])
