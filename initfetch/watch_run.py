@@ -45,9 +45,8 @@ class Options:
 
 
 def config_of(manifest: Manifest) -> WatchConfig:
-    """The manifest's watch settings (`refresh:`, `on_change:`), defaults when it has none."""
-    config = getattr(manifest, "watch", None)
-    return config if isinstance(config, WatchConfig) else WatchConfig()
+    """The manifest's watch settings (`refresh:`, `on_change:`)."""
+    return manifest.watch
 
 
 def _watcher(
