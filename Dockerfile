@@ -28,8 +28,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_NO_INPUT=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# Build tools in their own venv outside /opt, never in the image: the build backend and the
-# SBOM generator.
+# Build tools in their own venv, never in the image: the build backend and the SBOM generator.
 COPY requirements/build.txt requirements/sbom.txt /src/requirements/
 RUN python3 -m venv /build/tools \
     && /build/tools/bin/pip install --require-hashes --only-binary :all: \
@@ -53,8 +52,9 @@ RUN set -e; set --; IFS=', '; \
     && rm -f /opt/initfetch/bin/activate* /opt/initfetch/bin/Activate.ps1 \
     && python3 /src/docker/slim.py /opt/initfetch
 
-# The package itself: a wheel built with the locked build backend, installed without deps.
-COPY pyproject.toml README.m[d] /src/
+# The package itself: a wheel built with the locked build backend (the LICENSE goes into its
+# dist-info), installed without deps.
+COPY pyproject.toml README.m[d] LICENS[E] /src/
 COPY initfetch /src/initfetch
 RUN /build/tools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /build/wheels /src \
     && /build/tools/bin/pip --python /opt/initfetch/bin/python install --no-deps --no-compile \
@@ -92,9 +92,8 @@ RUN groupadd --gid 65532 nonroot \
        --shell /usr/sbin/nologin nonroot \
     && find / -xdev -perm -o+w ! -type l -exec chmod o-w {} +
 
-# Owned by root, read-only to the runtime user. /opt whole, not /opt/initfetch: the engine would
-# make that destination itself, with the time of the build, and two builds would differ.
-COPY --from=build /opt /opt
+# Owned by root, read-only to the runtime user.
+COPY --from=build /opt/initfetch /opt/initfetch
 ENV PATH=/opt/initfetch/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1

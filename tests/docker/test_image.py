@@ -42,6 +42,11 @@ def test_image_config(engine, images) -> None:  # type: ignore[no-untyped-def]
     assert labels["org.opencontainers.image.base.name"] == images.base
     assert labels["initfetch.sbom.path"] == SBOM_PATH
     assert labels["initfetch.sbom.format"] == "CycloneDX 1.6 JSON"
+    # The licence travels with the code: initfetch's dist-info in the image holds LICENSE.
+    files = engine.python(
+        images.initfetch, "import importlib.metadata as m; print(*m.distribution('initfetch').files)"
+    ).stdout.split()
+    assert any(f.startswith("initfetch-") and f.endswith("LICENSE") for f in files), files
     out = engine.run(["run", "--rm", "--network", "none", "--entrypoint", "id", images.initfetch]).stdout
     assert out.startswith("uid=65532(nonroot) gid=65532(nonroot)")
     assert engine.run(["run", "--rm", "--network", "none", images.initfetch, "--version"]).stdout.startswith(
