@@ -8,7 +8,8 @@ plan says otherwise:
 - `refuse`: nothing listens for the first `refuse_for` seconds (the socket is
   bound but not listening, so connects get ECONNREFUSED: a backend starting late);
 - `reset`: the connection is closed with an RST after the request is read;
-- `429_retry_after` / `429`: a throttling answer with and without `Retry-After`;
+- `429_retry_after` / `429`: a throttling answer with and without `Retry-After`, and
+  often in a burst (the next `burst` requests are throttled as well);
 - `500`, `502`, `503`: server errors with a body shaped like the backend's own
   (`flavour`), or (a share `html_share` of them) an HTML page, as a load balancer answers;
 - `slow`: the real answer, held back past the client's per-request timeout;
@@ -136,6 +137,8 @@ class FaultPlan:
     eligible: Callable[[str, str, Any], bool] | None = None
     # Faults given, in order, to the first eligible requests, before any random draw.
     script: list[str] = field(default_factory=list)
+    # A drawn 429 is followed by this many more (inclusive range, chosen at random): a burst.
+    burst: tuple[int, int] = (0, 2)
 
 
 _CA_LOCK = threading.Lock()
@@ -268,6 +271,8 @@ class FaultProxy:
             kind = self.rng.choices(kinds, [weights[k] for k in kinds])[0]
             if kind == "slow":
                 self.slow_left -= 1
+            if kind.startswith("429"):
+                self.script += [kind] * self.rng.randint(*self.plan.burst)
             self.counts[kind] += 1
             if kind[:1] in "45" and self.rng.random() < self.plan.html_share:
                 return kind + ":html"  # what a load balancer in front of the backend answers
