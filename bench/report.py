@@ -121,12 +121,13 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     if s and "initfetch" in s["contenders"]:
         w = s["contenders"]["initfetch"]["wall"]["median"]
         add(f"{s['id']}: initfetch under 1 s", f"{w:.3f} s", w < 1.0)
-    a, b = _find(data, "vault-100"), _find(data, "vault-1000")
+    a = (_find(data, "vault-100") or {}).get("contenders", {}).get("initfetch")
+    b = (_find(data, "vault-1000") or {}).get("contenders", {}).get("initfetch")
     if a and b:
-        r = b["contenders"]["initfetch"]["wall"]["median"] / a["contenders"]["initfetch"]["wall"]["median"]
+        r = b["wall"]["median"] / a["wall"]["median"]
         add("initfetch time(1000) / time(100) ≤ 5", f"{r:.2f}", r <= 5)
     if b:
-        rss = b["contenders"]["initfetch"]["rss_mb"]["median"]
+        rss = b["rss_mb"]["median"]
         add("initfetch peak RSS at N=1000 under 100 MB", f"{rss:.1f} MB", rss < 100)
     imp = data.get("imports")
     if imp:
@@ -177,6 +178,15 @@ def markdown(data: dict[str, Any]) -> str:
         "contenders interleaved run by run."
         + (" **Quick run (--quick): small N, not the issue's figures.**" if m.get("quick") else ""),
         "",
+        *(
+            [
+                "**The bench hit errors; some figures are missing:** "
+                + "; ".join(e.splitlines()[0] + " " + e.strip().splitlines()[-1] for e in m["errors"]),
+                "",
+            ]
+            if m.get("errors")
+            else []
+        ),
         "## Targets (issue 9, point 6)",
         "",
         "| target | measured | met |",

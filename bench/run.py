@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -474,7 +475,9 @@ def main() -> None:
     p.add_argument("--fleet-rate", type=float, default=100.0, help="quota, requests per second [100]")
     p.add_argument("--fleet-deadline", type=float, default=60.0, help="each process's --timeout [60]")
     p.add_argument(
-        "--fleet-agent", action="store_true", help="also start P OpenBao Agents at once, for comparison"
+        "--no-fleet-agent",
+        action="store_true",
+        help="fleet: skip the P OpenBao Agents started for comparison",
     )
     p.add_argument(
         "--only",
@@ -512,6 +515,7 @@ def main() -> None:
         INITFETCH, SOURCE_PREFIX = snapshot(commit, work / "src")
         source = f"{a.source} = {commit} (git archive snapshot of initfetch/)"
     log(f"measuring initfetch from {source}")
+    errors: list[str] = []
     b = Backends.start(work / "backends", a.delay_ms)
     launcher = Launcher()
     try:
@@ -567,26 +571,40 @@ def main() -> None:
                 b.seed(sc.workload)
         for sc in scenarios:
             log(f"running {sc.id} ({', '.join(c.name for c in sc.contenders)})")
-            run_scenario(sc, b, launcher, env, runs, logs)
+            try:
+                run_scenario(sc, b, launcher, env, runs, logs)
+            except Exception:  # keep what was measured; the report says what broke
+                errors.append(f"{sc.id}: {traceback.format_exc()}")
+                log(f"{sc.id} broke:\n{traceback.format_exc()}")
 
         fleet = None
         if "fleet" in only:
             log(f"fleet: {fleet_procs} processes x {a.fleet_n} secrets, quota {a.fleet_rate:g}/s")
-            fleet = run_fleet(
-                b,
-                launcher,
-                env,
-                work,
-                logs,
-                fleet_procs,
-                a.fleet_n,
-                a.fleet_rate,
-                runs,
-                a.fleet_deadline,
-                with_agent=not a.no_fleet_agent,
-                warmup=0 if len(scenarios) > 1 else 1,  # the scenarios before warmed everything up
-            )
-        imports = import_checks(b, env, work) if "imports" in only else None
+            try:
+                fleet = run_fleet(
+                    b,
+                    launcher,
+                    env,
+                    work,
+                    logs,
+                    fleet_procs,
+                    a.fleet_n,
+                    a.fleet_rate,
+                    runs,
+                    a.fleet_deadline,
+                    with_agent=not a.no_fleet_agent,
+                    warmup=0 if len(scenarios) > 1 else 1,  # the scenarios before warmed everything up
+                )
+            except Exception:
+                errors.append(f"fleet: {traceback.format_exc()}")
+                log(f"fleet broke:\n{traceback.format_exc()}")
+        imports = None
+        if "imports" in only:
+            try:
+                imports = import_checks(b, env, work)
+            except Exception:
+                errors.append(f"imports: {traceback.format_exc()}")
+                log(f"imports broke:\n{traceback.format_exc()}")
     finally:
         launcher.stop()
         b.stop()
@@ -603,6 +621,7 @@ def main() -> None:
         "python": platform.python_version(),
         "agent": subprocess.run([agent_binary(), "version"], capture_output=True, text=True).stdout.strip(),
         "concurrency": conc,
+        "errors": errors,
         "duration_s": round(time.perf_counter() - t_start, 1),
     }
     data = report.build(meta, scenarios, fleet, imports)
