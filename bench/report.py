@@ -255,6 +255,13 @@ def markdown(data: dict[str, Any]) -> str:
             f"| file-only, no template | {imp['file_only_no_templates']['rc']} | "
             f"{', '.join(imp['file_only_no_templates']['imported']) or 'none'} |",
         ]
+        slow = imp["vault_only"].get("slowest_top_level_ms") or {}
+        if slow:
+            lines += [
+                "",
+                "Slowest imports of the Vault-only run (cumulative ms under -X importtime, "
+                "which inflates them): " + ", ".join(f"`{k}` {v:g}" for k, v in slow.items()) + ".",
+            ]
     c = m["concurrency"]
     fi = data["imports_floor"]
     lines += [

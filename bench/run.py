@@ -412,11 +412,20 @@ WATCHED = ("hvac", "requests", "boto3", "botocore", "azure", "msal", "jinja2", "
 def imports_of(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     r = subprocess.run([PY, "-X", "importtime", *argv], env=env, capture_output=True, text=True, timeout=120)
     mods = set()
+    top: dict[str, int] = {}  # top-level package -> cumulative microseconds of its first import
     for line in r.stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
-            name = line.rsplit("|", 1)[1].strip()
+            _, cumulative, raw = line.split("|", 2)
+            name = raw.strip()
             mods.add(name.split(".")[0])
-    return {"rc": r.returncode, "imported": sorted(m for m in WATCHED if m in mods)}
+            if raw.startswith(" ") and not raw.startswith("  ") and cumulative.strip().isdigit():
+                top[name] = int(cumulative)  # not indented: imported by the program itself
+    slowest = sorted(top.items(), key=lambda kv: -kv[1])[:10]
+    return {
+        "rc": r.returncode,
+        "imported": sorted(m for m in WATCHED if m in mods),
+        "slowest_top_level_ms": {k: round(v / 1000, 1) for k, v in slowest},
+    }
 
 
 def import_checks(b: Backends, env: dict[str, str], work: Path) -> dict[str, Any]:
