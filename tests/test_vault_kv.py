@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -118,7 +119,13 @@ def test_mount_detection_is_cached_per_mount(seeded: OpenBao) -> None:
     p = vault_provider(seeded)
     seen: list[str] = []
     fetch(p, "vault://secret/kvt/db")  # logs in, builds the session
-    p._session.hooks["response"].append(lambda r, *a, **k: seen.append(r.request.path_url))
+    real = p._session.request
+
+    def spy(method: str, url: str, *args: object, **kwargs: object) -> object:
+        seen.append(urlsplit(url).path)
+        return real(method, url, *args, **kwargs)
+
+    p._session.request = spy
     fetch(p, "vault://secret/kvt/nested")
     fetch(p, "vault://kvt1/app/smtp")
     fetch(p, "vault://kvt1/app/smtp")

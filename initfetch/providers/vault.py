@@ -144,7 +144,7 @@ class VaultProvider(Provider):
                 url=self.conn.address,
                 namespace=self.conn.namespace,
                 session=self._session,
-                verify=self.conn.verify,
+                verify=self._session.verify,  # the CA variables resolved once (vault_http)
                 cert=self.conn.cert,
             )
             try:

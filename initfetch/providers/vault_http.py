@@ -24,6 +24,7 @@ from initfetch.errors import (
     Unavailable,
     retry_after_seconds,
 )
+from initfetch.providers.vault_transport import DirectTransport
 
 DEFAULT_ADDRESS = "https://127.0.0.1:8200"  # the Vault CLI's default
 
@@ -126,6 +127,7 @@ def make_session(conn: Connection, pool_size: int = 10) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.local = threading.local()
+            self.direct: DirectTransport | None = None
 
         def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
             timeout = getattr(self.local, "timeout", None)
@@ -133,7 +135,20 @@ def make_session(conn: Connection, pool_size: int = 10) -> Any:
                 kwargs["timeout"] = timeout()
             self.local.status = None
             self.local.retry_after = None
-            response = super().request(method, url, *args, **kwargs)
+            response = None
+            if self.direct is not None and not args and set(kwargs) <= _DIRECT_KWARGS:
+                headers = {**self.headers, **(kwargs.get("headers") or {})}
+                response = self.direct.send(
+                    method,
+                    str(url),
+                    headers,
+                    params=kwargs.get("params"),
+                    json=kwargs.get("json"),
+                    data=kwargs.get("data"),
+                    timeout=kwargs.get("timeout"),
+                )
+            if response is None:
+                response = super().request(method, url, *args, **kwargs)
             self.local.status = response.status_code
             self.local.retry_after = response.headers.get("Retry-After")
             return response
@@ -145,12 +160,27 @@ def make_session(conn: Connection, pool_size: int = 10) -> Any:
     # variable, ~/.netrc), looked up once: it is a fifth of the CPU of a Vault read.
     session.trust_env = False
     session.proxies = requests.utils.get_environ_proxies(conn.address)
+    session.verify = resolved_verify(conn)
+    session.cert = conn.cert
+    if not session.proxies:  # through a proxy, requests does it all
+        session.direct = DirectTransport(session.verify, conn.cert, conn.tls_server_name, pool_size)
+    return session
+
+
+# The keyword arguments hvac passes to Session.request that the direct transport honours
+# (verify, cert and proxies are the session's own, fixed when it is made).
+_DIRECT_KWARGS = frozenset(
+    {"headers", "params", "json", "data", "timeout", "allow_redirects", "verify", "cert", "proxies"}
+)
+
+
+def resolved_verify(conn: Connection) -> bool | str:
+    """What to verify Vault's certificate with: the connection's CA, else the CA bundle variables
+    requests honours (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE), else requests' default."""
     verify = conn.verify
     if verify is True:
-        verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    session.verify = verify
-    session.cert = conn.cert
-    return session
+        return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    return verify
 
 
 @contextmanager
