@@ -65,8 +65,9 @@ FAST_FAILURE_BOUND = 10.0  # a permanent fault ends a run with a 60 s --timeout 
 BACKENDS = ("vault", "aws", "azure")
 PERMANENT_KINDS = ("403", "404")
 # Transient kinds left out of the random mix for one backend because initfetch misclassifies
-# them today; each has a strict xfail test below that names the bug.
-KNOWN_BUGS: dict[str, set[str]] = {"azure": {"truncated"}}
+# them (each with a strict xfail test naming the bug). None today: truncated Azure answers
+# and token-endpoint error pages are retried since they were found here.
+KNOWN_BUGS: dict[str, set[str]] = {}
 DOWN_KINDS = ("refused", "503")
 
 # Filled as the tests run; written to fault-totals.json at the end of the module.
@@ -562,13 +563,6 @@ def test_backend_down_past_the_deadline_is_exit_4_within_the_deadline(
     assert o.seconds < SHORT_TIMEOUT + SLACK, o.seconds
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="initfetch bug: a 429/5xx from the managed-identity token endpoint whose body is not the "
-    "endpoint's own JSON (an HTML page from a front end, an empty body) is classified access-denied "
-    "(exit 3 at once) instead of unavailable and retried: azure_keyvault._map_error matches the "
-    "status in the credential's message text, and maps the ValueError from parsing the page to AccessDenied",
-)
 @pytest.mark.parametrize("body", ["html", "empty"])
 def test_token_endpoint_error_page_is_transient(backends: Backends, body: str) -> None:
     left = [1]
@@ -596,14 +590,6 @@ def _kv_read(method: str, path: str, headers: Any) -> bool:
     return path.startswith("/secrets/fault-") and bool(headers.get("Authorization"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="initfetch bug: a truncated answer (fewer bytes than Content-Length) from Key Vault or from "
-    "the managed-identity token endpoint raises azure.core.exceptions.IncompleteReadError, an "
-    "HttpResponseError with no status; "
-    "azure_keyvault._map_error reports it as access-denied ('Key Vault refused the request "
-    "(None IncompleteReadError)', exit 3) instead of unavailable and retried",
-)
 @pytest.mark.parametrize("endpoint", ["key-vault", "token"])
 def test_truncated_azure_answer_is_transient(backends: Backends, endpoint: str) -> None:
     truncate_once = FaultPlan(flavour="azure", eligible=_kv_read, script=["truncated"])

@@ -215,9 +215,12 @@ class KeyVaultProvider(Provider):
 
     def _map_error(self, e: Exception, what: str) -> SecretError | None:
         """The contract's class for an SDK failure; None for anything unexpected (a bug: re-raised)."""
+        from json import JSONDecodeError
+
         from azure.core.exceptions import (
             ClientAuthenticationError,
             HttpResponseError,
+            IncompleteReadError,
             ResourceNotFoundError,
             ServiceRequestError,
             ServiceResponseError,
@@ -232,8 +235,12 @@ class KeyVaultProvider(Provider):
         )
         for cause in _chain(e):
             cause_status = getattr(getattr(cause, "response", None), "status_code", None)
-            if isinstance(cause, (ServiceRequestError, ServiceResponseError)):
+            if isinstance(cause, (ServiceRequestError, ServiceResponseError, IncompleteReadError)):
                 return Unavailable(f"{what}: connection failed{login} ({_short(cause)})")
+            if isinstance(cause, JSONDecodeError):
+                # The token endpoint (or a front end before it) answered a page that is not its
+                # JSON, typically with a 429/5xx that the credential does not pass on.
+                return Unavailable(f"{what}: an answer that is not JSON{login or ' from Key Vault'}")
             if cause_status == 429 or (isinstance(cause_status, int) and cause_status >= 500):
                 headers = getattr(getattr(cause, "response", None), "headers", None) or {}
                 return Unavailable(
