@@ -61,6 +61,20 @@ def test_default_concurrency_reads_a_mount_in_a_handful_of_round_trips(
     assert vault_double.max_in_flight == N
 
 
+def test_connection_pool_holds_the_concurrency(tmp_path: Path, vault_double: VaultDouble) -> None:
+    vault_double.delay = 0.05
+    for i in range(N, 3 * N):  # three reads per connection slot: connections must be reused
+        vault_double.kv2[f"secret/more/s{i}"] = {"password": f"p{i}"}
+    env = vault_project(tmp_path, vault_double, {"concurrency": 20})
+    doc = json.loads((tmp_path / "initfetch.yaml").read_text())
+    doc["secrets"].update({f"m{i}": f"v://secret/more/s{i}#password" for i in range(N, 3 * N)})
+    (tmp_path / "initfetch.yaml").write_text(json.dumps(doc))
+    r = run_cli(["render", "-o", str(tmp_path / "out"), "--allow-disk"], env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "pool is full" not in r.stderr
+    assert vault_double.connections <= 20  # none discarded and reopened
+
+
 def test_one_mount_lookup_for_concurrent_first_reads(tmp_path: Path, vault_double: VaultDouble) -> None:
     vault_double.delay = 0.02
     render(tmp_path, vault_project(tmp_path, vault_double, {}))

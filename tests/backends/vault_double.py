@@ -39,6 +39,7 @@ class VaultDouble(LocalServer):
         self.throttle = 0
         self.retry_after: str | None = None
         self.lock = threading.Lock()
+        self.connections = 0  # TCP connections accepted (each costs a handshake)
         super().__init__(_handler_for(self))
 
 
@@ -61,6 +62,11 @@ def _handler_for(double: VaultDouble) -> type[QuietHandler]:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def setup(self) -> None:
+            super().setup()
+            with double.lock:
+                double.connections += 1
 
         def handle_any(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
