@@ -144,11 +144,34 @@ def timeout_bucket(ctx: FetchContext) -> float:
     return fitting[-1] if fitting else _TIMEOUT_BUCKETS[0]
 
 
+# Base sessions shared by the instances that log in the same way (`awssm://` and `ssm://`
+# of one account): a botocore session parses its endpoint and service data once, and a
+# second one costs more than the client itself. boto3 sessions are not thread-safe, so
+# every session and client is created under this one lock (creating them is rare).
+_SHARED_LOCK = threading.RLock()
+_BASE_SESSIONS: dict[tuple[str | None, ...], Any] = {}
+
+
+def _base_session(key: tuple[str | None, ...], **kwargs: Any) -> Any:
+    import os
+
+    import boto3
+
+    # boto3 also reads the process environment (config files, web identity, HOME's ~/.aws):
+    # sessions are shared only between instances that see the same.
+    key += tuple(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("AWS_") or k == "HOME")
+    with _SHARED_LOCK:
+        session = _BASE_SESSIONS.get(key)
+        if session is None:
+            session = _BASE_SESSIONS[key] = boto3.Session(**kwargs)
+        return session
+
+
 class AwsSession:
     """The boto3 session, credentials and clients of one provider instance.
 
     boto3 sessions are not thread-safe, clients are: everything that touches
-    the session happens under `_lock`, and clients are created once and reused.
+    a session happens under the shared lock, and clients are created once and reused.
     """
 
     USER_AGENT: ClassVar[str] = "initfetch"
@@ -160,7 +183,7 @@ class AwsSession:
         self.options = dict(options)
         self.environ = environ
         self.pool_size = pool_size  # the instance's concurrency: no connection is discarded
-        self._lock = threading.Lock()
+        self._lock = _SHARED_LOCK
         self._session: Any = None
         self._region: str | None = None
         self._clients: dict[tuple[str, str, float], Any] = {}
@@ -169,8 +192,6 @@ class AwsSession:
     # --- configuration -------------------------------------------------------
 
     def _build_session(self) -> Any:
-        import boto3
-
         env = self.environ
         profile = self.options.get("profile")
         key = env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_ACCESS_KEY")
@@ -178,16 +199,20 @@ class AwsSession:
         try:
             if profile:
                 # An explicit profile wins over environment keys, as in the AWS CLI.
-                base = boto3.Session(profile_name=profile)
+                base = _base_session(("profile", profile), profile_name=profile)
             elif key and secret:
                 # The first link of boto3's chain, read from `environ` (which the
                 # CLI sets to the process environment) so callers control it.
                 token = env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN")
-                base = boto3.Session(
-                    aws_access_key_id=key, aws_secret_access_key=secret, aws_session_token=token
+                base = _base_session(
+                    ("keys", key, secret, token),
+                    aws_access_key_id=key,
+                    aws_secret_access_key=secret,
+                    aws_session_token=token,
                 )
             else:
-                base = boto3.Session(profile_name=env.get("AWS_PROFILE") or None)
+                name = env.get("AWS_PROFILE") or None
+                base = _base_session(("chain", name), profile_name=name)
         except Exception as e:  # botocore.exceptions.ProfileNotFound and friends
             raise BadReference(f"AWS provider '{self.instance}': {type(e).__name__}: {e}") from e
         region = (
