@@ -166,7 +166,12 @@ def test_env_provider_is_not_polled(tmp_path: Path) -> None:
     assert watcher.schedule.next_at() is None
 
 
-def test_threads_and_memory_stay_flat_over_a_thousand_cycles(project: Path) -> None:
+def test_threads_and_memory_stay_flat_over_a_thousand_cycles(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Audit records kept by pytest's log capture are the test's memory, not the watcher's.
+    caplog.set_level(logging.WARNING, "initfetch")
+    caplog.set_level(logging.WARNING, "initfetch.audit")
     clock = Clock()
     watcher, changes = start_watcher(project, MANIFEST, {}, config(1), clock=clock)
 
@@ -183,11 +188,13 @@ def test_threads_and_memory_stay_flat_over_a_thousand_cycles(project: Path) -> N
         base = tracemalloc.take_snapshot()
         run(1000)
         gc.collect()
-        grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(base, "filename"))
+        others = [tracemalloc.Filter(False, "*/logging/*"), tracemalloc.Filter(False, "*/_pytest/*")]
+        after = tracemalloc.take_snapshot().filter_traces(others)
+        grown = sum(s.size_diff for s in after.compare_to(base.filter_traces(others), "filename"))
     finally:
         tracemalloc.stop()
     assert watcher.cycles == 1200 and changes == []
-    assert threading.active_count() == threads
+    assert threading.active_count() <= threads  # a thread left by an earlier test may end meanwhile
     assert grown < 256 * 1024, f"memory grew by {grown} bytes over 1000 refresh cycles"
 
 
