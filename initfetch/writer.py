@@ -69,13 +69,20 @@ def _nearest_existing(path: Path) -> Path:
 
 def check_target(out_dir: Path, allow_disk: bool, outputs: Sequence[Output] = ()) -> None:
     """Everything about the target that can be known before any backend is asked."""
-    fstype = filesystem_type(_nearest_existing(out_dir))
+    existing = _nearest_existing(out_dir)
+    fstype = filesystem_type(existing)
     if fstype not in MEMORY_FILESYSTEMS and not allow_disk:
+        # A missing directory would be created on its parent's filesystem: say both.
+        where = (
+            f"is on a '{fstype}' filesystem"
+            if existing == out_dir.absolute()
+            else f"does not exist, and would be created on {existing}, a '{fstype}' filesystem"
+        )
         raise WriteFailed(
             Problem(
                 str(out_dir),
-                f"is on a '{fstype}' filesystem, not tmpfs/ramfs; refusing to write secrets to disk "
-                "(mount a tmpfs there, or pass --allow-disk / INITFETCH_ALLOW_DISK=1 to write anyway)",
+                f"{where}, not tmpfs/ramfs; refusing to write secrets to disk (mount a tmpfs there, "
+                "choose one with -o (e.g. /dev/shm/NAME), or pass --allow-disk / INITFETCH_ALLOW_DISK=1)",
             )
         )
     problems: list[Problem] = []

@@ -34,7 +34,7 @@ def manifest_from_env(environ: Mapping[str, str], base_dir: Path) -> Manifest:
         if not ENV_NAME_RE.match(name):  # then the name itself could be anything: not quoted
             chk.add(Loc(f"environment variable {shown(name)}"), "not a valid variable name for a secret")
             continue
-        where = Loc(f"environment variable {name}")
+        where = Loc("environment")  # the resolver's message names the variable (the secret)
         text = value[len(PREFIX) :]
         ref = check_reference(chk, text, where, manifest.providers, environ, False, name)
         if ref is not None:

@@ -185,3 +185,9 @@ def test_preview_into_a_closed_pipe_stops_quietly(project: Path) -> None:
     proc.stdout.close()  # like `| head -0`
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and "internal error" not in err
+
+
+def test_a_missing_output_directory_is_named_as_missing(project: Path) -> None:
+    r = run_cli(["render", "-o", str(project / "no/such/dir")], env=env(), cwd=project)
+    assert r.returncode == 5
+    assert "does not exist, and would be created on" in r.stderr and "-o" in r.stderr
