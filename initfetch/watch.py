@@ -197,11 +197,11 @@ class Watcher:
                 self.schedule.failed(key, now)
                 return True
             log.info("the lease of %s cannot be renewed (%s); replacing it", self._refs(key), e.kind)
+            self.schedule.refused(key, now)  # a failed replacement is retried as a replacement
             return False
         entry = self.schedule.renewed(key, granted.duration, now)
-        self.leases[key] = Lease(
-            lease.id, lease.duration, granted.renewable
-        )  # renewals ask for the first TTL
+        # Keep the first TTL: every renewal asks for it again, and a shorter grant means max TTL.
+        self.leases[key] = Lease(lease.id, lease.duration, granted.renewable)
         log.info(
             "renewed the lease of %s for %ds%s",
             self._refs(key),
@@ -305,6 +305,7 @@ class Watcher:
         """Re-read `keys`; on success write what changed and notify. Returns whether it succeeded."""
         names = sorted({n for k in keys for n in self.docs[k]})
         deadline = time.monotonic() + self.timeout  # resolving and rendering share --timeout, as at first
+        resolution: Resolution | None = None
         try:
             resolution = self.resolve(names)
             values = {k: v for k, v in self.values.items() if k not in names}
@@ -325,6 +326,14 @@ class Watcher:
                 )
         except InitfetchError as e:
             self._failed(keys, e, now)
+            if resolution is not None:  # new leases that will not be used: revoke them now
+                current = {lease.id for lease in self.leases.values()}
+                unused = {
+                    (r.provider, r.lease.id)
+                    for r in resolution.info.values()
+                    if r.lease is not None and r.lease.id not in current
+                }
+                self.revokes.extend(_Revoke(now, instance, lease_id) for instance, lease_id in unused)
             return False
         env = sorted(
             n
