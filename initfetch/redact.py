@@ -47,6 +47,7 @@ class Redactor:
     def __init__(self, min_len: int = MIN_LEN) -> None:
         self.min_len = min_len
         self._labels: dict[str, str] = {}
+        self._recent: set[str] = set()  # forms added since the last retire()
         self._matcher: Any = None
         self._lock = threading.Lock()
         self.builds = 0
@@ -57,7 +58,29 @@ class Redactor:
             for text in _forms(value):
                 if len(text) >= self.min_len and text not in self._labels:
                     self._labels[text] = label
+                    self._recent.add(text)
                     self._matcher = None
+
+    def retire(self, keep: Iterable[Any]) -> None:
+        """Forget every value except those of `keep` and those registered since the last
+        retire (the current render's derived forms).
+
+        A watcher calls this after each change with the current and the previous values
+        (the old ones may still be in flight until the application reloads), so what it
+        keeps stays bounded over thousands of refreshes instead of growing with every value
+        ever seen.
+        """
+        kept: set[str] = set()
+        for value in keep:
+            kept.update(_forms(value))
+        with self._lock:
+            self._labels = {f: label for f, label in self._labels.items() if f in kept or f in self._recent}
+            self._recent = set()
+            self._matcher = None
+
+    def __len__(self) -> int:
+        """How many forms are registered (bounded in watch mode: see retire)."""
+        return len(self._labels)
 
     def label_of(self, value: Any) -> str | None:
         return self._labels.get(value) if isinstance(value, str) else None

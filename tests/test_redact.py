@@ -67,3 +67,15 @@ def test_values_sharing_a_long_prefix_are_told_apart() -> None:
     r.add(prefix + "aaaa", "a")
     r.add(prefix + "bbbb", "b")
     assert r.scrub(f"{prefix}bbbb {prefix}aaaa {prefix}cccc") == f"<secret:b> <secret:a> {prefix}cccc"
+
+
+def test_retire_keeps_only_the_given_values_and_the_latest_additions() -> None:
+    r = Redactor()
+    for i in range(1000):
+        r.add(f"old-value-{i:04d}", f"s{i}")
+    r.retire(["old-value-0007"])
+    assert len(r) == 2  # the value and its base64 form
+    r.add("new-derived-form", "d")
+    r.retire([])  # what came since the last retire is kept once more
+    assert r.scrub("new-derived-form") == "<secret:d>"
+    assert r.scrub("old-value-0007 old-value-0008") == "old-value-0007 old-value-0008"

@@ -198,7 +198,6 @@ def test_threads_and_memory_stay_flat_over_a_thousand_cycles(
     assert grown < 256 * 1024, f"memory grew by {grown} bytes over 1000 refresh cycles"
 
 
-@pytest.mark.xfail(strict=True, reason="needs Redactor.retire(keep) from the redactor rewrite (item 7)")
 def test_the_redactor_keeps_the_current_and_previous_values_only(project: Path) -> None:
     clock = Clock()
     watcher, changes = start_watcher(project, MANIFEST, {}, config(1), clock=clock)
