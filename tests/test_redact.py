@@ -73,9 +73,10 @@ def test_retire_keeps_only_the_given_values_and_the_latest_additions() -> None:
     r = Redactor()
     for i in range(1000):
         r.add(f"old-value-{i:04d}", f"s{i}")
-    r.retire(["old-value-0007"])
-    assert len(r) == 2  # the value and its base64 form
+    r.retire([])  # additions since the last retire (all of them) are kept once more
+    assert len(r) == 2000  # each value and its base64 form
     r.add("new-derived-form", "d")
-    r.retire([])  # what came since the last retire is kept once more
-    assert r.scrub("new-derived-form") == "<secret:d>"
-    assert r.scrub("old-value-0007 old-value-0008") == "old-value-0007 old-value-0008"
+    r.retire(["old-value-0007"])
+    assert len(r) == 2 + 2  # the kept value and the newest addition, with their base64 forms
+    assert r.scrub("new-derived-form old-value-0007") == "<secret:d> <secret:s7>"
+    assert r.scrub("old-value-0008") == "old-value-0008"  # forgotten
