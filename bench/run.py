@@ -67,6 +67,7 @@ INITFETCH = str(VENV_BIN / "initfetch")  # replaced by a HEAD snapshot's entry p
 SOURCE_PREFIX = ""  # Python run first by the concurrency probe, so it sees the same initfetch
 RESULTS = REPO / "bench" / "results"
 AWS_BATCH = 20  # BatchGetSecretValue takes up to 20 secret ids per call
+FLOOR = "floor-imports"  # the pseudo-contender that times the imports a run needs
 
 IMPORT_SETS = {
     "interpreter": [],
@@ -262,8 +263,14 @@ def run_scenario(
     log(f"{sc.id}: " + ", ".join(parts))
 
 
+def imports_contender(import_set: str) -> Contender:
+    """`python -c 'import ...'` of the modules a run needs: the floor's start-up part, run with the others."""
+    code = "; ".join(f"import {m}" for m in IMPORT_SETS[import_set]) or "pass"
+    return Contender(FLOOR, [PY, "-c", code], None)
+
+
 def contenders_for(
-    w: Workload, b: Backends, work: Path, with_agent: bool, with_sequential: bool = True
+    w: Workload, b: Backends, work: Path, with_agent: bool, import_set: str, with_sequential: bool = True
 ) -> list[Contender]:
     d = work / w.name
     manifest = initfetch_files(w, d / "initfetch", b.kv_options)
@@ -287,6 +294,7 @@ def contenders_for(
         out.append(
             Contender("sequential", [PY, str(REPO / "bench" / "sequential.py"), str(spec), str(dest)], dest)
         )
+    out.append(imports_contender(import_set))
     return out
 
 
@@ -540,7 +548,9 @@ def main() -> None:
         if "vault" in only:
             for i, n in enumerate(vault_ns):
                 w = vault_workload(n)
-                cs = contenders_for(w, b, work, with_agent=True, with_sequential=not a.no_sequential_vault)
+                cs = contenders_for(
+                    w, b, work, with_agent=True, import_set="vault", with_sequential=not a.no_sequential_vault
+                )
                 scenarios.append(
                     Scenario(
                         f"vault-{n}",
@@ -556,7 +566,7 @@ def main() -> None:
         if "mixed" in only:
             for i, n in enumerate(mixed_ns):
                 w = mixed_workload(n)
-                cs = contenders_for(w, b, work, with_agent=False)
+                cs = contenders_for(w, b, work, with_agent=False, import_set="mixed")
                 scenarios.append(
                     Scenario(
                         f"mixed-{n}",
@@ -571,7 +581,7 @@ def main() -> None:
                 )
         if "large" in only:
             w = large_workload(count, size)
-            cs = contenders_for(w, b, work, with_agent=True)
+            cs = contenders_for(w, b, work, with_agent=True, import_set="vault")
             scenarios.append(Scenario(w.name, "large", count, w, cs, "vault", floor_rtts(w, conc), warmup=1))
 
         for sc in scenarios:
