@@ -206,8 +206,8 @@ def markdown(data: dict[str, Any]) -> str:
         "## Whole-process runs",
         "",
         "| scenario | contender | wall s, median (min-max) | initfetch ÷ contender | requests per backend "
-        "(most connections at once) | peak RSS MB | floor s |",
-        "|---|---|---|---|---|---|---|",
+        "(most connections at once) | CPU s | peak RSS MB | floor s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in data["scenarios"]:
         for name, c in s["contenders"].items():
@@ -219,7 +219,7 @@ def markdown(data: dict[str, Any]) -> str:
             fails = f" (**{c['failures']} failed runs, not timed**)" if c["failures"] else ""
             lines.append(
                 f"| {s['id']} | {name}{fails} | {_fmt_wall(c['wall'])} | {ratio} | {_fmt_requests(c)} | "
-                f"{c['rss_mb']['median']:.1f} | {floor} |"
+                f"{c['cpu']['median']:.2f} | {c['rss_mb']['median']:.1f} | {floor} |"
             )
     fl = data.get("fleet")
     if fl:
@@ -275,7 +275,8 @@ def markdown(data: dict[str, Any]) -> str:
         "## How to read this",
         "",
         "- **Wall**: from just before the process is started to when it is reaped, interpreter start, "
-        "imports, login and writing included. **Peak RSS**: the kernel's ru_maxrss of that process.",
+        "imports, login and writing included. **CPU**: its user + system seconds. **Peak RSS**: the "
+        "kernel's ru_maxrss of that process.",
         "- **Requests**: HTTP requests the proxy forwarded to each backend during the run (azkv: Key Vault, "
         "aztoken: the managed-identity token endpoint).",
         "- **Floor**: interpreter + the imports the run needs, timed in each scenario interleaved with the "
