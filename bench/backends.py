@@ -48,8 +48,16 @@ def agent_binary() -> str:
 
 
 class Proxy:
-    def __init__(self, workdir: Path, delay_ms: float, routes: dict[str, str], tls: dict[str, str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        delay_ms: float,
+        routes: dict[str, str],
+        tls: dict[str, str],
+        connect_delay_ms: float = 0.0,
+    ) -> None:
         args = [sys.executable, str(REPO / "bench" / "latency_proxy.py"), "--delay-ms", str(delay_ms)]
+        args += ["--connect-delay-ms", str(connect_delay_ms)]
         for name, target in routes.items():
             args += ["--route", f"{name}={target}"]
         if tls:
@@ -131,7 +139,7 @@ class Backends:
     seeded: set[str] = field(default_factory=set)
 
     @classmethod
-    def start(cls, workdir: Path, delay_ms: float) -> Backends:
+    def start(cls, workdir: Path, delay_ms: float, connect_delay_ms: float = 0.0) -> Backends:
         import trustme
 
         workdir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +172,7 @@ class Backends:
                 "kv": f"127.0.0.1:{kv.port}:tls",
                 "msi": msi_target,
             }
-            proxy = Proxy(workdir, delay_ms, routes, tls)
+            proxy = Proxy(workdir, delay_ms, routes, tls, connect_delay_ms)
         except BaseException:
             for s in reversed(started):
                 s.stop()

@@ -122,10 +122,16 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[bytes, bytes]) 
 
 class Proxy:
     def __init__(
-        self, routes: list[Route], delay: float, server_tls: ssl.SSLContext | None, upstream_tls: Any
+        self,
+        routes: list[Route],
+        delay: float,
+        server_tls: ssl.SSLContext | None,
+        upstream_tls: Any,
+        connect_delay: float = 0.0,
     ) -> None:
         self.routes = routes
         self.delay = delay
+        self.connect_delay = connect_delay
         self.server_tls = server_tls
         self.upstream_tls = upstream_tls
 
@@ -154,6 +160,8 @@ class Proxy:
         _nodelay(cwriter)
         uwriter = None
         try:
+            if self.connect_delay:  # the handshake's round trip(s): the first request waits for them
+                await asyncio.sleep(self.connect_delay)
             ureader, uwriter = await asyncio.open_connection(
                 route.host,
                 route.port,
@@ -283,7 +291,7 @@ async def amain(args: argparse.Namespace) -> None:
         server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_tls.load_cert_chain(args.tls_cert, args.tls_key)
         upstream_tls = ssl.create_default_context(cafile=args.tls_ca)
-    proxy = Proxy(routes, args.delay_ms / 1000, server_tls, upstream_tls)
+    proxy = Proxy(routes, args.delay_ms / 1000, server_tls, upstream_tls, args.connect_delay_ms / 1000)
     info = await proxy.start()
     print(json.dumps(info), flush=True)
     await asyncio.Event().wait()
@@ -292,6 +300,9 @@ async def amain(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--delay-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--connect-delay-ms", type=float, default=0.0, help="added once per new connection (handshakes) [0]"
+    )
     parser.add_argument("--route", action="append", default=[], help="NAME=HOST:PORT[:tls]")
     parser.add_argument("--tls-cert", help="certificate chain (PEM) the tls routes present")
     parser.add_argument("--tls-key", help="its private key (PEM)")

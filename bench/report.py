@@ -179,8 +179,13 @@ def markdown(data: dict[str, Any]) -> str:
         f"initfetch from {m.get('source', m['commit'])}"
         f"{' (initfetch/ modified)' if m['dirty'] else ''}, {m['cores']} cores, Python {m['python']}, "
         f"{m['agent'].splitlines()[0] if m['agent'] else 'OpenBao'}. "
-        f"Every request pays {m['delay_ms']:g} ms in the proxy; "
-        f"each figure is the median of {m['runs']} whole-process runs (min-max in brackets), "
+        f"Every request pays {m['delay_ms']:g} ms in the proxy"
+        + (
+            f", every new connection {m['connect_delay_ms']:g} ms more; "
+            if m.get("connect_delay_ms")
+            else " (opening a connection is free); "
+        )
+        + f"each figure is the median of {m['runs']} whole-process runs (min-max in brackets), "
         "contenders interleaved run by run."
         + (" **Quick run (--quick): small N, not the issue's figures.**" if m.get("quick") else ""),
         "",

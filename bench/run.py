@@ -484,6 +484,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small N and 3 runs, for development")
     p.add_argument("--runs", type=int, help="whole-process runs per contender [5; --quick 3]")
     p.add_argument("--delay-ms", type=float, default=20.0, help="added to every request [20]")
+    p.add_argument(
+        "--connect-delay-ms",
+        type=float,
+        default=0.0,
+        help="also added once per new connection, for the TCP/TLS handshakes [0: connections are free]",
+    )
     p.add_argument("--vault-n", type=lambda s: [int(x) for x in s.split(",")], help="[20,100,300,1000]")
     p.add_argument("--mixed-n", type=lambda s: [int(x) for x in s.split(",")], help="[60,300]")
     p.add_argument("--large", default="40x32768", help="COUNTxBYTES [40x32768]")
@@ -533,7 +539,7 @@ def main() -> None:
         source = f"{a.source} = {commit} (git archive snapshot of initfetch/)"
     log(f"measuring initfetch from {source}")
     errors: list[str] = []
-    b = Backends.start(work / "backends", a.delay_ms)
+    b = Backends.start(work / "backends", a.delay_ms, a.connect_delay_ms)
     launcher = Launcher()
     try:
         home = work / "home"
@@ -634,6 +640,7 @@ def main() -> None:
         "source": source,
         "dirty": a.source == "worktree" and bool(git("status", "--porcelain", "--", "initfetch")),
         "delay_ms": a.delay_ms,
+        "connect_delay_ms": a.connect_delay_ms,
         "runs": runs,
         "quick": a.quick,
         "cores": os.cpu_count(),
