@@ -8,9 +8,13 @@ only files inside a distribution that cannot be reached from initfetch are remov
 
 * botocore's service models except the services initfetch and the credential chain call;
 * boto3's resource models (initfetch uses clients only) and *.pyi stubs;
+* the symbol tables and debug info of extension modules (what `strip --strip-unneeded`
+  drops; the base image has no binutils, so it is done here, and each one is imported after);
 * third-party sources: they are compiled to sourceless .pyc files next to where the
   source was (`compileall -b`), which Python imports directly. initfetch's own package
   keeps its sources (tracebacks with source lines) and gets __pycache__ entries.
+
+Running it again is harmless: it finds nothing more to drop and compiles what is new.
 
 Bytecode uses --invalidation-mode unchecked-hash: no source mtime inside, so two builds
 write the same bytes, and the interpreter never stats a source to validate a cache.
@@ -20,8 +24,8 @@ from __future__ import annotations
 
 import compileall
 import importlib.machinery
-import os
 import py_compile
+import re
 import shutil
 import struct
 import subprocess
@@ -68,7 +72,8 @@ def prune_unused(sp: Path) -> int:
     for stub in sp.rglob("*.pyi"):
         freed += remove(stub)
     for cache in list(sp.rglob("__pycache__")):  # whatever an install step compiled
-        freed += remove(cache)
+        if cache.relative_to(sp).parts[0] != OWN_PACKAGE:  # ours: compile_all writes it
+            freed += remove(cache)
     return freed
 
 
@@ -191,9 +196,7 @@ def compile_all(sp: Path) -> int:
     return freed
 
 
-def _own_package_rx(sp: Path):  # type: ignore[no-untyped-def]
-    import re
-
+def _own_package_rx(sp: Path) -> re.Pattern[str]:
     return re.compile(re.escape(str(sp / OWN_PACKAGE)) + r"(/|$)")
 
 
@@ -203,7 +206,7 @@ def main(argv: list[str]) -> int:
     before = sum(p.stat().st_size for p in venv.rglob("*") if p.is_file() and not p.is_symlink())
     pruned = prune_unused(sp)
     stripped, modules = strip_extensions(sp)
-    sources = compile_all(sp) if os.environ.get("SLIM_BYTECODE", "sourceless") == "sourceless" else 0
+    sources = compile_all(sp)
     check_imports(venv, modules)
     after = sum(p.stat().st_size for p in venv.rglob("*") if p.is_file() and not p.is_symlink())
     print(
