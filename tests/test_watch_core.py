@@ -213,3 +213,12 @@ def test_the_redactor_keeps_the_current_and_previous_values_only(project: Path) 
     assert scrub(seen[-1]) != seen[-1] and scrub(seen[-2]) != seen[-2]  # current and in flight: masked
     assert scrub("b-v1") != "b-v1"  # an unchanged secret stays masked
     assert all(scrub(v) == v for v in seen[:-2])  # older generations forgotten: memory stays bounded
+
+
+def test_max_stale_without_a_watcher_counts_from_the_render(tmp_path: Path) -> None:
+    marker = {"completed_at": "2026-01-01T00:00:00Z"}
+    rendered_at = 1767225600.0  # that moment, in epoch seconds
+    watch_status.check(tmp_path, marker, max_stale=60, now=rendered_at + 30)
+    with pytest.raises(NotReady, match="rendered and never refreshed 120s ago"):
+        watch_status.check(tmp_path, marker, max_stale=60, now=rendered_at + 120)
+    watch_status.check(tmp_path, marker, max_stale=None, now=rendered_at + 10**6)  # no limit asked
