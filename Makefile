@@ -46,8 +46,11 @@ unit: venv
 
 test: lint typecheck unit
 
+# Not part of `make test`: whole-process timings against local backends behind a delay
+# proxy; writes bench/results/ (results.md, results.json, results.png). BENCH_ARGS=--quick for a short run.
 bench: venv
-	$(PY) bench/run.py
+	$(PY) -m pip install -q -r requirements-bench.txt
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
