@@ -51,6 +51,7 @@ openbao = openbao_backend.openbao
 
 # --- the figures docs/reliability.md quotes (tests/test_reliability_doc.py checks them) -------
 RANDOM_RUNS = 210  # whole-process renders with random transient faults, over the three backends
+MIN_FAULT_RATE = 0.05  # the lowest rate a run draws
 MAX_FAULT_RATE = 0.30  # the highest expected share of requests with a transient fault in a run
 # A drawn 429 brings 0-2 more (a burst): 1 + P(429) * 1 = 1.25 faults per draw on average
 # (P(429) = 2 of the 8 kinds' weight when no slow answer is allowed), so runs draw a
@@ -447,7 +448,7 @@ def random_plan(i: int, master: random.Random, backend: str) -> FaultPlan:
     seed_ = master.randrange(2**32)
     rng = random.Random(seed_)
     plan = FaultPlan(
-        rate=rng.uniform(0.05, MAX_FAULT_RATE / BURST_FACTOR),
+        rate=rng.uniform(MIN_FAULT_RATE, MAX_FAULT_RATE / BURST_FACTOR),
         seed=seed_,
         refuse_for=rng.choice((0.0, 0.0, rng.uniform(0.5, 2.5))),
         flavour=FLAVOUR[backend],
@@ -468,10 +469,9 @@ def test_random_transient_faults_every_run_succeeds_completely(backends: Backend
         backend = BACKENDS[i % len(BACKENDS)]
         plan = random_plan(i, master, backend)
         msi_plan = None
-        if backend == "azure":  # the token endpoint gets faults too, never a slow one
-            # Its 429/5xx carry the endpoint's own JSON: an HTML or other body there is
-            # misclassified today (test_token_endpoint_error_page_is_transient, xfail).
-            msi_plan = FaultPlan(rate=plan.rate, seed=plan.seed + 1, flavour="msi", html_share=0.0)
+        if backend == "azure":  # the token endpoint gets faults too (its own JSON or an HTML page)
+            # but never a slow answer: one slow token request and one slow read would not fit.
+            msi_plan = FaultPlan(rate=plan.rate, seed=plan.seed + 1, flavour="msi")
             msi_plan.weights["slow"] = 0.0
             for kind in KNOWN_BUGS.get(backend, ()):
                 msi_plan.weights[kind] = 0.0
@@ -499,11 +499,11 @@ def test_random_transient_faults_every_run_succeeds_completely(backends: Backend
     # The mix really happened: every transient kind was injected, and faults were frequent.
     for kind in ("refuse", *TRANSIENT_KINDS):
         assert injected[kind] > 0, (kind, injected)
-    assert sum(injected.values()) >= RANDOM_RUNS
-    # Over the session the share of faulted requests stays at or under the stated rate.
+    # Over the session the share of faulted requests is between the lowest rate a run
+    # draws and the highest stated rate.
     requests = sum(o.requests for o in outcomes)
     faulted = sum(n for o in outcomes for k, n in o.faults.items() if k != "refuse")
-    assert faulted <= MAX_FAULT_RATE * requests, (faulted, requests)
+    assert MIN_FAULT_RATE * requests <= faulted <= MAX_FAULT_RATE * requests, (faulted, requests)
 
 
 @pytest.mark.parametrize("kind", PERMANENT_KINDS)
