@@ -1,7 +1,9 @@
 """Session fixtures for the Docker end-to-end tests: the engine, the images, OpenBao.
 
-The engine is the long pole (about 1 minute cold for debootstrap, 2 x 40 s for the pip
-installs, seconds when warm: everything is cached under /var/cache/initfetch-ci).
+The engine is the long pole (about 1 minute cold for debootstrap, 20-40 s per image for
+the locked installs: all, vault and core here, aws and azure for the size table, two more
+without cache for the reproducibility check; seconds when warm, except those two: the
+layers are cached under /var/cache/initfetch-ci). About 6 minutes cold in all.
 On a machine without root these tests are skipped with a message that says so; in CI
 (CI=true) they fail instead: tests.conftest.require.
 """
