@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -246,6 +247,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         # PID 1 ignores SIGTERM unless it handles it: `docker stop` must not wait out the grace period.
         signal.signal(signal.SIGTERM, _terminate)
+        args.started = time.monotonic()
         code = COMMANDS[args.command](args, env, redactor)
         sys.stdout.flush()  # a closed pipe must fail here, not in the interpreter's exit
         return code
@@ -299,6 +301,11 @@ def _resolve(
         resolver.close()
 
 
+def _deadline(args: argparse.Namespace) -> float:
+    """The command's start + --timeout: resolving and rendering share one deadline."""
+    return float(args.started + args.timeout)
+
+
 def _render(
     manifest: Manifest,
     resolution: Resolution,
@@ -331,7 +338,7 @@ def cmd_render(args: argparse.Namespace, env: Mapping[str, str], redactor: Redac
     manifest = _load(args, env)
     writer.check_target(Path(args.out), args.allow_disk, manifest.outputs)  # fail before any backend is asked
     resolution = _resolve(manifest, args, env, redactor)
-    rendered = _render(manifest, resolution, redactor)
+    rendered = _render(manifest, resolution, redactor, _deadline(args), args.timeout)
     _write(manifest, resolution, rendered, args)
     if args.hold:
         _hold()
@@ -370,7 +377,7 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
     if manifest.outputs:
         writer.check_target(Path(args.out), args.allow_disk, manifest.outputs)
     resolution = _resolve(manifest, args, env, redactor)
-    rendered = _render(manifest, resolution, redactor)
+    rendered = _render(manifest, resolution, redactor, _deadline(args), args.timeout)
     if manifest.outputs:
         _write(manifest, resolution, rendered, args)
     remove: set[str] = set()
@@ -383,7 +390,6 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
 
 
 def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
-    import time  # here, not at the top: the rest of this module is edited concurrently
 
     from initfetch import preview
     from initfetch.render import render

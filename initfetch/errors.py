@@ -155,6 +155,13 @@ class BadVersion(SecretError):
     kind = "bad-version"
 
 
+class BadValue(SecretError):
+    """A value that cannot be used as text (a lone surrogate from a JSON escape or from an
+    environment variable that is not UTF-8): it could not be taken (exit 3)."""
+
+    kind = "bad-value"
+
+
 class TooLarge(SecretError):
     """A document over the `secret_size` limit: it could not be taken (exit 3)."""
 

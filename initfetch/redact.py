@@ -150,7 +150,7 @@ def _forms(value: Any) -> Iterable[str]:
         escaped = json.dumps(value)[1:-1]
         if escaped != value:
             yield escaped
-        yield base64.b64encode(value.encode()).decode()
+        yield base64.b64encode(value.encode("utf-8", "surrogatepass")).decode()
         for line in value.splitlines():  # a multi-line value may be logged line by line
             yield line.strip()
     elif isinstance(value, dict):

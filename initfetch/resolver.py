@@ -27,7 +27,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from initfetch import providers
-from initfetch.errors import MissingKey, Problem, ResolveFailed, SecretError, TooLarge, Unavailable
+from initfetch.errors import (
+    BadValue,
+    MissingKey,
+    Problem,
+    ResolveFailed,
+    SecretError,
+    TooLarge,
+    Unavailable,
+)
 from initfetch.limits import exceeded
 from initfetch.logs import audit
 from initfetch.manifest import Manifest, SecretSpec
@@ -195,6 +203,7 @@ class Resolver:
                 value = (
                     select_key(result.value, spec.ref.key, str(spec.ref)) if spec.ref.key else result.value
                 )
+                check_text(value)
                 values[spec.name] = value
                 self.redactor.add(value, spec.name)
             except SecretError as e:
@@ -255,6 +264,26 @@ def _call(inst: Provider, docs: list[DocKey], ctx: FetchContext) -> dict[DocKey,
             result = TooLarge(exceeded("secret_size", ctx.max_size))
         out[d] = result
     return out
+
+
+def check_text(value: Any) -> None:
+    """Raise BadValue if a string in `value` cannot be written as UTF-8 (lone surrogates)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise BadValue(
+                        "the value holds a character that is not valid text (a lone surrogate)"
+                    ) from None
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+            stack.extend(item.keys())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def document_size(value: Any, stop: int) -> int:

@@ -464,12 +464,6 @@ def test_file_outputs_of_any_value_are_bytes_or_bad_input(helper_manifest: Any, 
     assert rendered.files["raw"] == v.encode("utf-8")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='initfetch bug: a secret whose JSON holds a lone surrogate escape ("\\ud800") ends in '
-    "'internal error: UnicodeEncodeError' (exit 1) from redact._forms (value.encode()), and the "
-    "message quotes the character itself",
-)
 def test_lone_surrogate_in_a_secret_is_a_clean_error(tmp_path: Path) -> None:
     write(
         tmp_path / "initfetch.yaml",

@@ -224,9 +224,6 @@ def test_endless_rendering_stops_at_the_timeout(tmp_path: Path, template: str) -
         assert_one_line(r, "rendering did not finish within --timeout (2s)")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="lead: cmd_render/cmd_exec must pass the command's deadline to _render"
-)
 def test_render_stops_at_the_timeout_and_writes_nothing(tmp_path: Path) -> None:
     out, before = rendered_once(tmp_path)
     write(tmp_path / "t.j2", TIME_CORPUS[0][1])
