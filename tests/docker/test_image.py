@@ -93,6 +93,13 @@ def test_extras_select_provider_sdks(engine, images) -> None:  # type: ignore[no
     assert "initfetch[aws]" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_unknown_extra_fails_the_build(engine, images) -> None:  # type: ignore[no-untyped-def]
+    # sbom is a lock file in requirements/ too, but not an extra: it must never reach the venv.
+    for bad in ("gcp", "vault,sbom"):
+        with pytest.raises(eng.EngineError, match=f"unknown extra '{bad.split(',')[-1]}'"):
+            engine.build_initfetch("localhost/initfetch:ci-bad-extra", images.base, bad)
+
+
 def _host_ca_markers() -> list[bytes]:
     """A base64 line from the body of each CA the build host trusts beyond Debian's set."""
     markers = []
