@@ -15,7 +15,7 @@ PROBE = """
 import sys
 from initfetch.cli import main
 rc = main(sys.argv[1:])
-heavy = sorted({m.split('.')[0] for m in sys.modules} & {'hvac', 'boto3', 'botocore', 'azure', 'requests'})
+heavy = sorted({m.split('.')[0] for m in sys.modules} & {'hvac', 'boto3', 'botocore', 'azure', 'requests', 'jinja2', 'tenacity'})
 print('HEAVY=' + ','.join(heavy))
 sys.exit(rc)
 """
@@ -38,11 +38,35 @@ def test_file_env_render_imports_no_sdk(tmp_path: Path) -> None:
     assert "HEAVY=\n" in r.stdout
 
 
+def test_vault_only_render_imports_no_aws_azure_or_tenacity(tmp_path: Path) -> None:
+    from tests.backends.vault_double import TOKEN, start_vault_double
+
+    write(tmp_path / "initfetch.yaml", "version: 1\nsecrets:\n  a: vault://secret/app#k\n")
+    with start_vault_double() as double:
+        double.kv2["secret/app"] = {"k": "v"}
+        r = subprocess.run(
+            [sys.executable, "-c", PROBE, "render", "-o", str(tmp_path / "o"), "--allow-disk"],
+            cwd=tmp_path,
+            env={
+                "PATH": os.environ["PATH"],
+                "PYTHONPATH": str(REPO),
+                "HOME": str(tmp_path),
+                "VAULT_ADDR": double.url,
+                "VAULT_TOKEN": TOKEN,
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY=hvac,requests\n" in r.stdout  # no Jinja (no template), no tenacity (no retry)
+
+
 def core_only_path(tmp_path: Path) -> Path:
     """A directory holding only the core dependencies, as a minimal install would have."""
     lib = tmp_path / "core-lib"
     lib.mkdir()
-    for name in ("jinja2", "markupsafe", "yaml", "tenacity"):
+    for name in ("jinja2", "markupsafe", "yaml", "tenacity", "ahocorasick"):
         try:
             mod = importlib.import_module(name)
         except ImportError:
