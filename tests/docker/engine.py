@@ -126,6 +126,7 @@ class Engine:
     docker: str = "docker"
     compose: str = "docker-compose"
     env: dict[str, str] = field(default_factory=dict)
+    last_build: str = ""  # the output of the last build_initfetch
 
     @property
     def host(self) -> str:
@@ -267,7 +268,7 @@ class Engine:
     def build_initfetch(self, tag: str, base: str, extras: str = "all", *, no_cache: bool = False) -> str:
         # Always `docker build`: with the layer cache an unchanged tree takes seconds, and a
         # changed one is never served from a stale image.
-        self.run(
+        self.last_build = self.run(
             [
                 "build", "--network", "host",
                 *(["--no-cache"] if no_cache else []),
@@ -278,8 +279,18 @@ class Engine:
                 "-t", tag, str(REPO),
             ],
             timeout=900,
-        )  # fmt: skip
+        ).stdout  # fmt: skip
         return tag
+
+    def remove_build(self, tag: str, output: str) -> None:
+        """Delete an image and the untagged build stage it came from (the legacy builder keeps it)."""
+        tips, last = [], None
+        for line in output.splitlines():
+            if line.startswith(" ---> ") and len(line.split()) == 2:
+                last = line.split()[1]
+            elif line.startswith("Step ") and " : FROM " in line and last:
+                tips.append(last)  # the last image of the stage that just ended
+        self.run(["rmi", tag, *tips], check=False)
 
     def export(self, ref: str) -> bytes:
         """The image's filesystem as one tar (a created, never started container): no shell needed."""

@@ -66,8 +66,11 @@ def test_two_clean_builds_install_the_same_files(engine, images, tmp_path: Path)
     results = {}
     for run in ("a", "b"):
         ref = engine.build_initfetch(f"localhost/initfetch:ci-repro-{run}", images.base, "all", no_cache=True)
-        with tarfile.open(fileobj=io.BytesIO(engine.export(ref))) as tar:
-            results[run] = (_freeze(tar, tmp_path / run), _manifest(tar))
+        try:
+            with tarfile.open(fileobj=io.BytesIO(engine.export(ref))) as tar:
+                results[run] = (_freeze(tar, tmp_path / run), _manifest(tar))
+        finally:  # every run would leave two fresh, never reused image chains in the CI cache
+            engine.remove_build(ref, engine.last_build)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         (ARTIFACTS / f"reproducible-{run}.txt").write_text(
             "\n".join(["# pip freeze", *results[run][0], "# files", *results[run][1]]) + "\n"
