@@ -54,6 +54,7 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 
 
 LOG_FORMATS = ("text", "json")
+CHECK_RENDER_TIMEOUT = 30.0  # check has no --timeout; its offline render is still bounded
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 EXAMPLES = {
@@ -408,20 +409,30 @@ def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Reda
         rendered = render(
             manifest, values, meta, None, deadline=deadline, timeout=args.timeout, hidden=hidden
         )
-        preview.show(sys.stdout, manifest, rendered, None, None)
+        preview.show(sys.stdout, manifest, rendered, None, None, sizes={})
         return 0
     resolution = _resolve(manifest, args, env, redactor)
     # the real render must succeed too
     rendered = _render(manifest, resolution, redactor, deadline, args.timeout)
+    sizes = None
     if not args.reveal:
         meta = {name: r.meta() for name, r in resolution.info.items()}
+        sizes = {dest: len(data) for dest, data in rendered.files.items()}
         rendered = preview.masked(manifest, resolution.values, meta, rendered, redactor, deadline)
-    preview.show(sys.stdout, manifest, rendered, resolution.info, redactor)
+    preview.show(sys.stdout, manifest, rendered, resolution.info, redactor, sizes=sizes)
     return 0
 
 
 def cmd_check(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
     manifest = _load(args, env, lenient=True)
+    from initfetch import preview
+
+    # Everything an offline render can find, with placeholders (no value, no backend).
+    problems = preview.offline_problems(
+        manifest, time.monotonic() + CHECK_RENDER_TIMEOUT, CHECK_RENDER_TIMEOUT
+    )
+    if problems:
+        raise BadInput(problems, headline="templates failed to render")
     for problem in missing_sdks(manifest):
         log.warning("%s", problem)
     unexpanded = [s.name for s in manifest.secrets.values() if s.ref is None]

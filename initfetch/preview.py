@@ -22,6 +22,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from initfetch.errors import Problem
 from initfetch.manifest import Manifest
 from initfetch.redact import FIELD_MIN_LEN, Redactor, mask
 from initfetch.render import Rendered, render_each
@@ -35,6 +36,7 @@ class Placeholder(str):
     a placeholder too, so `secrets.cfg.host` and `secrets.cfg["a.b"]` render."""
 
     label: str
+    keys_unknown = True  # env_from shows one placeholder line: the keys are known only online
 
     def __new__(cls, label: str) -> Placeholder:
         self = super().__new__(cls, mask(label))
@@ -62,6 +64,26 @@ def secret_files(manifest: Manifest) -> dict[str, str]:
 
 def placeholders(manifest: Manifest) -> dict[str, str]:
     return {name: Placeholder(name) for name in manifest.secrets}
+
+
+# What an offline render can find wrong whatever the values are: names and keys that do
+# not exist, what the sandbox refuses, missing includes, syntax, runaway nesting. Other
+# failures (b64decode of a placeholder, say) only mean the template needs real values.
+STATIC_PROBLEMS = ("undefined:", "not allowed in a template", "template syntax error", "nested too deeply")
+
+
+def offline_problems(manifest: Manifest, deadline: float | None, timeout: float | None) -> list[Problem]:
+    """The value-independent problems of rendering `manifest` with placeholders (for `check`)."""
+    meta = {
+        n: Resolved(n, s.ref_text, s.ref_text.partition(":")[0], "offline").meta()
+        for n, s in manifest.secrets.items()
+    }
+    attempt = render_each(manifest, placeholders(manifest), meta, None, deadline=deadline, timeout=timeout)
+    return [
+        p
+        for p in attempt.problems
+        if any(tag in p.message for tag in STATIC_PROBLEMS) or "not found (templates are read" in p.message
+    ]
 
 
 def shadow(value: Any, label: str) -> Any:
@@ -121,15 +143,22 @@ def show(
     rendered: Rendered,
     info: Mapping[str, Resolved] | None,
     redactor: Redactor | None,
+    sizes: Mapping[str, int] | None = None,
 ) -> None:
     """Print files, env and where each reference resolved from.
+
+    `sizes`: the real render's file sizes, when `rendered` is a masked one ({} offline).
 
     `rendered` is printed as given (the caller masks it); `redactor` scrubs the
     reference table, which holds names, references and versions only.
     """
     modes = {o.dest: o.mode for o in manifest.outputs}
     for dest, data in rendered.files.items():
-        out.write(f"--- file {dest} (mode {modes[dest]:04o}, {len(data)} bytes)\n")
+        if sizes is None:
+            size = f"{len(data)} bytes"
+        else:  # a masked render: the real file's size, not the placeholders'
+            size = f"{sizes[dest]} bytes" if dest in sizes else "size known only online"
+        out.write(f"--- file {dest} (mode {modes[dest]:04o}, {size})\n")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:

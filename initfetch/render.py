@@ -18,7 +18,7 @@ from initfetch.encoders import to_json, to_text
 from initfetch.errors import BadInput, Loc, Problem
 from initfetch.limits import exceeded, human_size
 from initfetch.manifest import EnvFrom, Manifest, env_var_names
-from initfetch.redact import Redactor
+from initfetch.redact import Redactor, mask
 
 if TYPE_CHECKING:
     from initfetch.sandbox import Sandbox
@@ -192,6 +192,9 @@ def _spread(spread: EnvFrom, value: Any, out: dict[str, str]) -> Problem | None:
     """env_from: a map-valued secret becomes PREFIX_KEY variables; `env:` entries win."""
     if value is None:
         return None  # an optional secret that is absent
+    if getattr(value, "keys_unknown", False):  # an offline placeholder: keys are known only online
+        out.setdefault(f"{spread.prefix}*", mask(f"{getattr(value, 'label', spread.secret)}/*"))
+        return None
     if not isinstance(value, dict):
         return Problem(spread.loc, f"env_from: secret '{spread.secret}' is not a map of keys")
     try:

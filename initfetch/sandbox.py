@@ -519,6 +519,15 @@ class _HidingLoader(jinja2.FileSystemLoader):
         return source, filename, uptodate
 
 
+# Filters whose output does not show their input (quoting ones do): in a preview, applied
+# to a placeholder, they give a marked placeholder such as <secret:tls_key|b64>.
+TRANSFORMING = frozenset({"b64", "b64decode"})
+
+
+def _is_placeholder(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("<secret:") and value.endswith(">")
+
+
 def environment(
     base_dir: Path,
     redactor: Redactor | None = None,
@@ -538,10 +547,15 @@ def environment(
     )
     env.filters["sum"] = _sum
 
+    shadow = hidden is not None  # a preview's render of placeholders, not of values
+
     def derived(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
         def wrapper(value: Any, *args: Any, **kwargs: Any) -> Any:
             if isinstance(value, jinja2.Undefined):
                 value._fail_with_undefined_error()  # the undefined name, not a TypeError
+            if shadow and tag in TRANSFORMING and _is_placeholder(value):
+                # base64 of "<secret:x>" would look like a leaked value: say what it stands for.
+                return mask(f"{str(value)[len('<secret:') : -1]}|{tag}")
             out = fn(value, *args, **kwargs)
             # Output that still contains the input verbatim (quoting) is masked through the input.
             if redactor is not None and not (

@@ -191,3 +191,46 @@ def test_a_missing_output_directory_is_named_as_missing(project: Path) -> None:
     r = run_cli(["render", "-o", str(project / "no/such/dir")], env=env(), cwd=project)
     assert r.returncode == 5
     assert "does not exist, and would be created on" in r.stderr and "-o" in r.stderr
+
+
+def test_check_catches_what_an_offline_render_would(tmp_path: Path) -> None:
+    for template in (
+        "{{ secret.a }}",
+        "{{ undefined_thing }}",
+        "{{ secrets.a.__class__ }}",
+        "{% include 'nope.j2' %}",
+    ):
+        write(
+            tmp_path / "initfetch.yaml",
+            MANIFEST.replace("files:", "templates:\n  - {src: t.j2, dest: t}\nfiles:"),
+        )
+        write(tmp_path / "t.j2", template)
+        r = run_cli(["check"], env=clean_env(), cwd=tmp_path)
+        assert r.returncode == 2, (template, r.stderr)
+        assert "t.j2:1" in r.stderr, r.stderr
+    # a template that only needs real values (b64decode of a secret) is not a check failure
+    write(tmp_path / "t.j2", "{{ secrets.a | b64decode }}")
+    assert run_cli(["check"], env=clean_env(), cwd=tmp_path).returncode == 0
+
+
+def test_the_repository_example_previews_offline_anywhere() -> None:
+    from tests.helpers import REPO
+
+    r = run_cli(["preview", "--offline"], env=clean_env(), cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "APP_*=<secret:app_params/*>" in r.stdout
+    assert "size known only online" in r.stdout
+    assert run_cli(["check"], env=clean_env(), cwd=REPO).returncode == 0
+
+
+def test_masked_preview_shows_real_sizes_and_marks_derived_placeholders(project: Path) -> None:
+    write(
+        project / "initfetch.yaml",
+        MANIFEST + "templates:\n  - {src: t.j2, dest: t}\nenv:\n  A_B64: '{{ secrets.a | b64encode }}'\n",
+    )
+    write(project / "t.j2", "token={{ secrets.a }}\n")
+    r = run_cli(["preview"], env=env(), cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert f"--- file t (mode 0400, {len('token=' + CANARY) + 1} bytes)" in r.stdout
+    assert "A_B64=<secret:a|b64>" in r.stdout
+    assert CANARY not in r.stdout
