@@ -519,9 +519,11 @@ class _HidingLoader(jinja2.FileSystemLoader):
         return source, filename, uptodate
 
 
-# Filters whose output does not show their input (quoting ones do): in a preview, applied
-# to a placeholder, they give a marked placeholder such as <secret:tls_key|b64>.
-TRANSFORMING = frozenset({"b64", "b64decode"})
+# Encoders whose output does not show their input (quoting ones do): in a preview, applied
+# to a placeholder, they give a marked placeholder such as <secret:tls_key|b64>, not the
+# base64 of "<secret:tls_key>", which would look like a leaked value. Decoders stay as
+# they are: decoding a placeholder fails, so a template that needs real content is hidden.
+TRANSFORMING = frozenset({"b64"})
 
 
 def _is_placeholder(value: Any) -> bool:
