@@ -43,8 +43,9 @@ def require(condition: object, why: str) -> None:
 # - stdout and stderr of every initfetch process the test started (tests/helpers.py records
 #   them through the wrapped Popen.communicate), except stdout of `preview --reveal` and of
 #   `exec` (the application's own output);
-# - audit files (`*audit*`) under the test's tmp_path.
-# Files in OUT_DIR are never scanned: secrets belong there. A hit fails the test.
+# - audit files (`*audit*`) and completion markers (`.initfetch-ready.json`) under the
+#   test's tmp_path.
+# Other files in OUT_DIR are never scanned: secrets belong there. A hit fails the test.
 #
 # Canaries: tests.helpers.CANARIES, every test module's CANARY* constants (str or a tuple
 # of str), and values registered with tests.helpers.register_canary.
@@ -204,9 +205,10 @@ def _phase_sources(item: pytest.Item, report: pytest.TestReport) -> list[tuple[s
     if report.when == "teardown":
         tmp = getattr(item, "funcargs", {}).get("tmp_path")
         if isinstance(tmp, Path) and tmp.is_dir():
-            for p in sorted(tmp.rglob("*audit*")):
+            # Audit files, and completion markers: they sit in OUT_DIR but never hold a value.
+            for p in sorted({*tmp.rglob("*audit*"), *tmp.rglob(".initfetch-ready.json")}):
                 if p.is_file() and not p.is_symlink() and p.stat().st_size < 16 * 1024 * 1024:
-                    sources.append((f"audit file {p.name}", p.read_text(errors="replace")))
+                    sources.append((f"file {p.relative_to(tmp)}", p.read_text(errors="replace")))
     return sources
 
 
