@@ -34,10 +34,12 @@ stays on.
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import json
 import random
 import select
+import shutil
 import socket
 import ssl
 import struct
@@ -152,7 +154,9 @@ def proxy_ca() -> tuple[Any, str]:
     with _CA_LOCK:
         if not _CA:
             ca = trustme.CA()
-            path = Path(tempfile.mkdtemp(prefix="fault-proxy-ca-")) / "ca.pem"
+            work = tempfile.mkdtemp(prefix="fault-proxy-ca-")
+            atexit.register(shutil.rmtree, work, True)
+            path = Path(work) / "ca.pem"
             ca.cert_pem.write_to_path(str(path))
             _CA["ca"], _CA["file"] = ca, str(path)
         return _CA["ca"], _CA["file"]
