@@ -366,7 +366,8 @@ def test_zero_config_exec_resolves_prefixed_env_only(tmp_path: Path) -> None:
     assert_no_canary(r.stderr)
     env["DB_PASSWORD"] = "initfetch+file:///no/such/file"
     r = run_cli(["exec", "--", "true"], env=env, cwd=tmp_path)
-    assert r.returncode == 3 and "environment: DB_PASSWORD: not-found" in r.stderr and "DB_PASSWORD: DB_PASSWORD" not in r.stderr
+    assert r.returncode == 3 and "environment: DB_PASSWORD: not-found" in r.stderr
+    assert "DB_PASSWORD: DB_PASSWORD" not in r.stderr
 
 
 def test_env_from_spreads_a_map(tmp_path: Path) -> None:

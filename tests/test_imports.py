@@ -15,7 +15,8 @@ PROBE = """
 import sys
 from initfetch.cli import main
 rc = main(sys.argv[1:])
-heavy = sorted({m.split('.')[0] for m in sys.modules} & {'hvac', 'boto3', 'botocore', 'azure', 'requests', 'jinja2', 'tenacity'})
+watched = {'hvac', 'boto3', 'botocore', 'azure', 'requests', 'jinja2', 'tenacity'}
+heavy = sorted({m.split('.')[0] for m in sys.modules} & watched)
 print('HEAVY=' + ','.join(heavy))
 sys.exit(rc)
 """
