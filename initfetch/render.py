@@ -117,6 +117,11 @@ def render_each(
             if "\0" in value:
                 failed.add(name)
                 problems.append(Problem(where, f"env {name}: the value contains a NUL byte"))
+            elif not value.isascii() and not _encodable(value):
+                failed.add(name)
+                problems.append(
+                    Problem(where, f"env {name}: the value holds a character that is not valid text")
+                )
             rendered_env[name] = value
         for spread in manifest.env_from:
             if budget.spent:
@@ -179,6 +184,16 @@ class _Budget:
                 raise _OutputTooLarge
             buf.append(piece)
         return "".join(buf)
+
+
+def _encodable(value: str) -> bool:
+    """Whether a value can be written out as UTF-8 (a lone surrogate, made by `fromjson`
+    from an escape, cannot: an environment or a terminal would fail on it later)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _source(path: Path) -> str:

@@ -486,22 +486,10 @@ def test_lone_surrogate_in_a_secret_is_a_clean_error(tmp_path: Path) -> None:
         pytest.param(
             "env",
             "env:\n  X: '{{ secrets.s | fromjson }}'\n",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="initfetch bug: an env value that holds a lone surrogate after rendering (here "
-                "made by fromjson from valid text) passes render and crashes at exec: 'internal error: "
-                "UnicodeEncodeError' (exit 1), the message quoting the character; render_each checks "
-                "env values for NUL only",
-            ),
         ),
         pytest.param(
             "preview",
             "env:\n  X: '{{ secrets.s | fromjson }}'\n",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="initfetch bug: the same env value crashes `preview --reveal` when printed "
-                "('internal error: UnicodeEncodeError', exit 1)",
-            ),
         ),
     ],
 )
