@@ -91,6 +91,31 @@ def test_fuzz_figures_do_not_regress() -> None:
     assert number(f["fuzz crashes and internal errors"]) == 0
 
 
+CORPUS_FILES = (
+    "tests/test_manifest_hardening.py",
+    "tests/test_writer_names.py",
+    "tests/test_render_limits.py",
+    "tests/test_file_limits.py",
+)
+
+
+def test_corpus_figure_does_not_regress() -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *CORPUS_FILES],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    cases = sum("::" in line for line in collected.stdout.splitlines())
+    assert number(figures()["hostile inputs tried (corpus)"]) <= cases, collected.stdout[-2000:]
+
+
 def test_every_fault_kind_is_documented_and_was_injected() -> None:
     rows = {row[0].strip("`"): row for row in table_after("## Faults injected")}
     kinds = {"refuse", *TRANSIENT_KINDS}
