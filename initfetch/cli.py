@@ -61,10 +61,12 @@ EXAMPLES = {
     "render": """examples:
   initfetch render -o /run/secrets               # init container: write, then exit
   initfetch render --hold                        # sidecar: write, then keep the tmpfs volume mounted
+  initfetch render --watch                       # sidecar: keep the files current (docs/watch.md)
   INITFETCH_OUT=/dev/shm/app initfetch render    # every flag has an INITFETCH_* twin""",
     "exec": """examples:
   initfetch exec -- ./server --port 8080         # render, then replace itself with the app
   initfetch exec --supervise -- ./server         # stay as PID 1: forward signals, reap, mirror the exit code
+  initfetch exec --watch -- ./server             # supervise, and keep files and environment current
   DB_PASSWORD=initfetch+vault://secret/app#password initfetch exec -- ./server   # no manifest""",
     "preview": """examples:
   initfetch preview                              # resolve, print what would be written, values masked
@@ -72,7 +74,8 @@ EXAMPLES = {
     "check": """examples:
   initfetch check -m deploy/initfetch.yaml       # manifest and templates, offline; exit 2 on a problem""",
     "healthcheck": """examples:
-  initfetch healthcheck -o /run/secrets          # exit 0 once a complete render is in place, else 1""",
+  initfetch healthcheck -o /run/secrets          # exit 0 once a complete render is in place, else 1
+  initfetch healthcheck --max-stale 10m          # and not older than 10 minutes (watch mode)""",
     "init": """examples:
   initfetch init                                 # writes ./initfetch.yaml and templates/config.json.j2""",
 }
@@ -179,6 +182,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="after writing, stay up until SIGTERM (sidecar; keeps a tmpfs volume mounted) "
         "[$INITFETCH_HOLD=1]",
     )
+    _watch_flags(p, env)
 
     p = command(
         "exec",
@@ -191,6 +195,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=_flag(env, "INITFETCH_SUPERVISE"),
         help="stay as PID 1: forward signals, reap zombies, mirror the exit code [$INITFETCH_SUPERVISE=1]",
     )
+    _watch_flags(p, env)
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARG...")
 
     p = command(
@@ -212,12 +217,42 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
 
     command("check", [manifest], "validate the manifest and templates offline, no backend contacted")
-    command("healthcheck", [out_dir], "exit 0 once a complete render is in place in the output directory")
+    p = command("healthcheck", [out_dir], "exit 0 once a complete render is in place in the output directory")
+    p.add_argument(
+        "--max-stale",
+        default=env.get("INITFETCH_MAX_STALE") or None,
+        metavar="DURATION",
+        help="unhealthy once the render was last confirmed current longer ago than this (30s, 5m, 1h) "
+        "[$INITFETCH_MAX_STALE]",
+    )
     p = command("init", [], "write a commented starter manifest and template; never overwrites")
     p.add_argument(
         "--dir", default=".", help="where to write initfetch.yaml and templates/ [current directory]"
     )
     return parser
+
+
+def _watch_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        default=_flag(env, "INITFETCH_WATCH"),
+        help="stay up and keep the render current: poll static secrets, renew or replace leases, "
+        "apply on_change (exec: supervise the command) [$INITFETCH_WATCH=1]",
+    )
+    p.add_argument(
+        "--revoke-on-exit",
+        action="store_true",
+        default=_flag(env, "INITFETCH_REVOKE_ON_EXIT"),
+        help="with --watch: revoke the leases (and the login token) initfetch created when it stops "
+        "[$INITFETCH_REVOKE_ON_EXIT=1]",
+    )
+    p.add_argument(
+        "--wipe-on-exit",
+        action="store_true",
+        default=_flag(env, "INITFETCH_WIPE_ON_EXIT"),
+        help="with --watch: remove the rendered files when it stops [$INITFETCH_WIPE_ON_EXIT=1]",
+    )
 
 
 class Terminated(BaseException):
@@ -290,14 +325,69 @@ def _load(args: argparse.Namespace, env: Mapping[str, str], *, lenient: bool = F
     return manifest
 
 
+def _resolver(
+    manifest: Manifest, args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor
+) -> Resolver:
+    """A resolver to close after use; watch mode keeps it open (its instances hold the logins)."""
+    if args.timeout <= 0:
+        raise BadInput("--timeout must be a positive number of seconds")
+    return Resolver(manifest, env, redactor, timeout=args.timeout, concurrency=args.concurrency)
+
+
 def _resolve(
     manifest: Manifest, args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor
 ) -> Resolution:
-    if args.timeout <= 0:
-        raise BadInput("--timeout must be a positive number of seconds")
-    resolver = Resolver(manifest, env, redactor, timeout=args.timeout, concurrency=args.concurrency)
+    resolver = _resolver(manifest, args, env, redactor)
     try:
         return resolver.resolve()
+    finally:
+        resolver.close()
+
+
+def _credentials(manifest: Manifest, resolution: Resolution) -> set[str]:
+    """Login credentials to remove from the application's environment."""
+    remove: set[str] = set()
+    for name, inst in resolution.instances.items():
+        if not manifest.providers[name].keep_credentials:
+            remove |= inst.credential_env()
+    return remove
+
+
+def _watch(
+    manifest: Manifest,
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    redactor: Redactor,
+    cmd: list[str] | None = None,
+) -> int:
+    """render --watch / exec --watch: the first render as usual, then the watcher (initfetch.watch_run)."""
+    from initfetch import execute, watch_run
+
+    resolver = _resolver(manifest, args, env, redactor)
+    try:
+        resolution = resolver.resolve()
+        rendered = _render(manifest, resolution, redactor, _deadline(args), args.timeout)
+        writes = cmd is None or bool(manifest.outputs)
+        if writes:
+            _write(manifest, resolution, rendered, args)
+        opts = watch_run.Options(
+            Path(args.out) if writes else None,
+            args.allow_disk,
+            args.timeout,
+            args.concurrency,
+            revoke_on_exit=args.revoke_on_exit,
+            wipe_on_exit=args.wipe_on_exit,
+        )
+        remove = _credentials(manifest, resolution)
+        common = (manifest, env, redactor, resolver.instances, resolution, rendered, opts)
+        if cmd is None:
+            return watch_run.render_watch(*common, execute.child_env(env, {}, remove))
+        log.info(
+            "starting %s with %d variable(s) from the manifest; watching for changes",
+            cmd[0],
+            len(rendered.env),
+        )
+        return watch_run.exec_watch(*common, cmd, remove)
     finally:
         resolver.close()
 
@@ -338,9 +428,14 @@ def _write(manifest: Manifest, resolution: Resolution, rendered: Rendered, args:
 def cmd_render(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
     manifest = _load(args, env)
     writer.check_target(Path(args.out), args.allow_disk, manifest.outputs)  # fail before any backend is asked
+    if args.watch:  # --watch holds too; --hold alone holds and never refreshes
+        return _watch(manifest, args, env, redactor)
     resolution = _resolve(manifest, args, env, redactor)
     rendered = _render(manifest, resolution, redactor, _deadline(args), args.timeout)
     _write(manifest, resolution, rendered, args)
+    from initfetch import watch_status
+
+    watch_status.remove(Path(args.out))  # not watched: no earlier watcher's status may speak for it
     if args.hold:
         _hold()
     return 0
@@ -377,14 +472,13 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
         manifest = _load(args, env)
     if manifest.outputs:
         writer.check_target(Path(args.out), args.allow_disk, manifest.outputs)
+    if args.watch:
+        return _watch(manifest, args, env, redactor, cmd)
     resolution = _resolve(manifest, args, env, redactor)
     rendered = _render(manifest, resolution, redactor, _deadline(args), args.timeout)
     if manifest.outputs:
         _write(manifest, resolution, rendered, args)
-    remove: set[str] = set()
-    for name, inst in resolution.instances.items():
-        if not manifest.providers[name].keep_credentials:
-            remove |= inst.credential_env()
+    remove = _credentials(manifest, resolution)
     child = execute.child_env(env, rendered.env, remove)
     log.info("starting %s with %d variable(s) from the manifest", cmd[0], len(rendered.env))
     return execute.supervise(cmd, child) if args.supervise else execute.replace(cmd, child)
@@ -411,15 +505,25 @@ def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Reda
         )
         preview.show(sys.stdout, manifest, rendered, None, None, sizes={})
         return 0
-    resolution = _resolve(manifest, args, env, redactor)
-    # the real render must succeed too
-    rendered = _render(manifest, resolution, redactor, deadline, args.timeout)
-    sizes = None
-    if not args.reveal:
-        meta = {name: r.meta() for name, r in resolution.info.items()}
-        sizes = {dest: len(data) for dest, data in rendered.files.items()}
-        rendered = preview.masked(manifest, resolution.values, meta, rendered, redactor, deadline)
-    preview.show(sys.stdout, manifest, rendered, resolution.info, redactor, sizes=sizes)
+    from initfetch.watch_run import revoke_leases
+
+    resolver = _resolver(manifest, args, env, redactor)
+    try:
+        resolution = resolver.resolve()
+        try:
+            # the real render must succeed too
+            rendered = _render(manifest, resolution, redactor, deadline, args.timeout)
+            sizes = None
+            if not args.reveal:
+                meta = {name: r.meta() for name, r in resolution.info.items()}
+                sizes = {dest: len(data) for dest, data in rendered.files.items()}
+                rendered = preview.masked(manifest, resolution.values, meta, rendered, redactor, deadline)
+            preview.show(sys.stdout, manifest, rendered, resolution.info, redactor, sizes=sizes)
+        finally:
+            # A preview minted real dynamic credentials: they must not stay valid for their TTL.
+            revoke_leases(resolver.instances, resolution.info, args.timeout)
+    finally:
+        resolver.close()
     return 0
 
 
@@ -446,7 +550,17 @@ def cmd_check(args: argparse.Namespace, env: Mapping[str, str], redactor: Redact
 
 
 def cmd_healthcheck(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
-    writer.healthcheck(Path(args.out))
+    from initfetch import watch_status
+    from initfetch.watch_config import parse_duration
+
+    max_stale = None
+    if args.max_stale is not None:
+        try:
+            max_stale = parse_duration(args.max_stale)
+        except ValueError as e:
+            raise BadInput(f"--max-stale (INITFETCH_MAX_STALE) {e}") from None
+    marker = writer.healthcheck(Path(args.out))
+    watch_status.check(Path(args.out), marker, max_stale)
     return 0
 
 
