@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -176,11 +177,31 @@ class VaultProvider(Provider):
 
     # --- fetching ---
 
-    def fetch(self, doc: DocKey, ctx: FetchContext) -> Document:
+    def _ensure_session(self) -> None:
         if self._session is None:
             with self._lock:
                 if self._session is None:
                     self._session = make_session(self.conn, self.concurrency)
+
+    # --- calls outside a read: leases and the token (initfetch.providers.vault_leases) ---
+
+    @contextmanager
+    def call(self, ctx: FetchContext, what: str) -> Iterator[Any]:
+        """The logged-in client for one call, with a read's session, deadline and error mapping."""
+        self._ensure_session()
+        with call_timeout(self._session, ctx.timeout):
+            client = self._login()
+            with self._errors(what):
+                yield client
+
+    def forget_login(self) -> None:
+        """Drop the token: the next call logs in again (watch mode, when it cannot be renewed)."""
+        with self._lock:
+            self._client = None
+            self._login_error = None
+
+    def fetch(self, doc: DocKey, ctx: FetchContext) -> Document:
+        self._ensure_session()
         with call_timeout(self._session, ctx.timeout):
             client = self._login()
             mount = self._mount_for(client, doc.path)

@@ -9,28 +9,18 @@ returns a secret: lease ids and TTLs only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from initfetch.providers.base import FetchContext, Lease
 from initfetch.providers.vault import VaultProvider
-from initfetch.providers.vault_http import call_timeout, make_session
 
 TOKEN_LEASE_ID = "auth/token/self"  # noqa: S105 - how the token shows up as a Lease; not a real lease id
 
 
-@contextmanager
-def _client(provider: VaultProvider, ctx: FetchContext, what: str) -> Iterator[Any]:
+def _client(provider: VaultProvider, ctx: FetchContext, what: str) -> AbstractContextManager[Any]:
     """The instance's logged-in client for one call, bounded by the deadline, errors mapped."""
-    # The provider's own session, login and error mapping (see VaultProvider.fetch).
-    with provider._lock:
-        if provider._session is None:
-            provider._session = make_session(provider.conn)
-    with call_timeout(provider._session, ctx.timeout):
-        client = provider._login()
-        with provider._errors(what):
-            yield client
+    return provider.call(ctx, what)
 
 
 def renew(provider: VaultProvider, lease: Lease, ctx: FetchContext) -> Lease:
@@ -89,7 +79,5 @@ def can_login_again(provider: VaultProvider) -> bool:
 
 def login_again(provider: VaultProvider, ctx: FetchContext) -> Lease | None:
     """Drop the current token and log in afresh (AppRole, Kubernetes, JWT, a rotated token file)."""
-    with provider._lock:
-        provider._client = None
-        provider._login_error = None
+    provider.forget_login()
     return token(provider, ctx)
