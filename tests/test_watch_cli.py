@@ -239,7 +239,8 @@ def test_render_watch_picks_up_a_kv2_update(openbao: OpenBao, tmp_path: Path, pr
         "secrets:\n  pw: vault://secret/watchcli/db#password\nfiles:\n  - {secret: pw, dest: pw}\n",
     )
     out = tmp_path / "out"
-    env = {**bao_env(openbao, tmp_path), "INITFETCH_WATCH": "1"}  # the flag's twin
+    # The flag's twin; with INITFETCH_HOLD too (an image may set it): --watch implies --hold.
+    env = {**bao_env(openbao, tmp_path), "INITFETCH_WATCH": "1", "INITFETCH_HOLD": "1"}
     p = start(procs, ["render", "-o", str(out), "--allow-disk"], env, tmp_path)
     wait_until(lambda: (out / "pw").exists(), what="the first render")
     c.secrets.kv.v2.create_or_update_secret("watchcli/db", {"password": CANARY2})
