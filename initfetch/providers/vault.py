@@ -234,6 +234,10 @@ class VaultProvider(Provider):
             return cached
         first = path.split("/", 1)[0]
         with self._lock:
+            # Again under the lock: a lookup may have finished since the check above.
+            cached = self._cached_mount(path)
+            if cached is not None:
+                return cached
             running = self._lookups.get(first)
             if running is None:
                 self._lookups[first] = threading.Event()
@@ -246,7 +250,7 @@ class VaultProvider(Provider):
         try:
             return self._lookup_mount(client, path)
         finally:
-            with self._lock:
+            with self._lock:  # the mount is cached (or the lookup failed) before waiters wake
                 self._lookups.pop(first).set()
 
     def _cached_mount(self, path: str) -> Mount | None:
