@@ -245,7 +245,10 @@ def test_render_watch_picks_up_a_kv2_update(openbao: OpenBao, tmp_path: Path, pr
     wait_until(lambda: (out / "pw").exists(), what="the first render")
     c.secrets.kv.v2.create_or_update_secret("watchcli/db", {"password": CANARY2})
     wait_until(lambda: (out / "pw").read_text() == CANARY2, what="the new version")
-    marker = json.loads((out / ".initfetch-ready.json").read_text())
+    # The marker is removed before the first rename and written last: wait for it too.
+    marker_file = out / ".initfetch-ready.json"
+    wait_until(lambda: marker_file.exists(), what="the completion marker")
+    marker = json.loads(marker_file.read_text())
     assert marker["secrets"]["pw"]["version"] == "2"
     assert p.stop() == 0
     assert "(version 1 -> 2)" in p.log()
