@@ -185,10 +185,13 @@ class Supervisor:
             except OSError as e:
                 return _cannot_start(self.argv[0], e)
             proc.returncode = 0  # reaped by run(), never by Popen (no ResourceWarning, no double wait)
-            self._pid = proc.pid
+            self._pid = proc.pid  # first: a signal from now on goes straight to the child
             pending, self._pending = self._pending, []
+        # Signals that arrived while no child ran (before the first start, or during a restart).
         for sig in pending:
             self.send(sig)
+        if self._stopping:  # told to stop while this child was being started
+            self._kill_after(proc.pid, self.stop_grace)
         self.started.set()
         return None
 
@@ -204,9 +207,8 @@ class Supervisor:
     def send(self, signum: int) -> bool:
         """Send a signal to the current child; False if there is none right now."""
         with self._lock:
-            if self._pid is None:
-                if not self.started.is_set():
-                    self._pending.append(signum)
+            if self._pid is None:  # between two children: the next one gets it
+                self._pending.append(signum)
                 return False
             try:
                 os.kill(self._pid, signum)

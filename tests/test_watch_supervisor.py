@@ -28,8 +28,10 @@ def on_term(signum, frame):
 signal.signal(signal.SIGHUP, on_hup)
 signal.signal(signal.SIGTERM, on_term)
 note("START")
-while True:
+end = time.monotonic() + float(os.environ.get("MAX_SECONDS", "3600"))
+while time.monotonic() < end:
     time.sleep(0.05)
+sys.exit(1)
 """
 
 
@@ -104,3 +106,16 @@ def test_child_exit_ends_the_run_with_its_code(tmp_path: Path) -> None:
 
 def test_missing_command_is_127(tmp_path: Path) -> None:
     assert Supervisor(["/nonexistent/app"], {}).run() == 127
+
+
+def test_a_sigterm_between_two_children_reaches_the_next_one(tmp_path: Path) -> None:
+    """SIGTERM while a restart is starting the new child (no child at that instant) is not lost."""
+    log = tmp_path / "log"
+    child = write(tmp_path / "child.py", CHILD)
+    env = {"VAL": "two", "MAX_SECONDS": "20", "PATH": os.environ["PATH"]}
+    sup = Supervisor([sys.executable, str(child), str(log)], env)
+    sup.started.set()  # as after a first child, which has just been reaped for a restart
+    sup._on_signal(signal.SIGTERM, None)  # the signal lands now, with no child running
+    # The next child got it: by its handler (42) or before it set one (143); a lost signal
+    # would let it run out its 20 s and exit 1.
+    assert sup.run() in (42, 128 + signal.SIGTERM)
