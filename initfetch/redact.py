@@ -56,9 +56,11 @@ class Redactor:
         """Register a value (and its string leaves and common encodings) under a label."""
         with self._lock:
             for text in _forms(value):
-                if len(text) >= self.min_len and text not in self._labels:
+                if len(text) < self.min_len:
+                    continue
+                self._recent.add(text)  # seen again: still current, whatever retire() says next
+                if text not in self._labels:
                     self._labels[text] = label
-                    self._recent.add(text)
                     self._matcher = None
 
     def retire(self, keep: Iterable[Any]) -> None:

@@ -224,11 +224,6 @@ def test_max_stale_without_a_watcher_counts_from_the_render(tmp_path: Path) -> N
     watch_status.check(tmp_path, marker, max_stale=None, now=rendered_at + 10**6)  # no limit asked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Redactor.add must mark a form registered again as recent, or retire() drops a current "
-    "render's derived form every other refresh",
-)
 def test_derived_forms_of_unchanged_secrets_stay_masked_across_refreshes(tmp_path: Path) -> None:
     write(tmp_path / "src/a", "a-value-1")
     write(tmp_path / "src/cfg.json", '{"obj": {"k": "leaf-value-' + CANARY + '"}}')
