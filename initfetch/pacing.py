@@ -14,10 +14,16 @@ Not thread-safe on its own: the resolver's scheduler calls it under its lock.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 # A Retry-After longer than this is capped: the run's deadline bounds it anyway.
 MAX_PAUSE = 30.0
+# Without Retry-After (OpenBao's quota sends none), the instance pauses on its own after a
+# throttling answer: 0.1 s, doubling with each one in a row up to 1 s, with full jitter so
+# a fleet of processes does not come back in step.
+THROTTLE_PAUSE = 0.1
+MAX_THROTTLE_PAUSE = 1.0
 
 
 @dataclass
@@ -29,6 +35,7 @@ class AdaptiveLimit:
     paused_until: float = 0.0
     throttled: int = 0  # throttling answers seen, for logs and tests
     lowest: float = 0.0  # the lowest limit reached
+    in_a_row: int = 0  # throttling answers since the last success
 
     def __post_init__(self) -> None:
         self.ceiling = max(1, self.ceiling)
@@ -47,9 +54,14 @@ class AdaptiveLimit:
         if retry_after is not None and retry_after > 0:
             self.paused_until = max(self.paused_until, now + min(retry_after, MAX_PAUSE))
         if not throttled:
+            self.in_a_row = 0
             self.limit = min(float(self.ceiling), self.limit + 1.0 / self.limit)
             return
         self.throttled += 1
+        self.in_a_row += 1
+        if retry_after is None:
+            pause = min(MAX_THROTTLE_PAUSE, THROTTLE_PAUSE * 2 ** (self.in_a_row - 1))
+            self.paused_until = max(self.paused_until, now + random.uniform(0, pause))
         if generation == self.generation:  # one decrease per generation of requests
             self.limit = max(1.0, self.limit / 2)
             self.lowest = min(self.lowest, self.limit)
