@@ -47,6 +47,17 @@ def agent_binary() -> str:
     return str(path)
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """TERM, then KILL after 5 s: a backend process is gone when this returns."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class Proxy:
     def __init__(
         self,
@@ -82,13 +93,7 @@ class Proxy:
             return json.load(r)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.log.close()
 
 
@@ -116,13 +121,7 @@ class Moto:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.log.close()
 
 
