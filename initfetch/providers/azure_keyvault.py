@@ -139,13 +139,14 @@ class KeyVaultProvider(Provider):
             kw["connection_verify"] = self.options["ca_file"]
         return kw
 
-    def _client(self, url: str) -> tuple[Any, threading.Event | None]:
-        """The client for a vault URL, and the event to wait for while its first read runs
-        (None: this caller makes that first read and must call `_primed`)."""
+    def _client(self, url: str) -> tuple[Any, threading.Event | None, bool]:
+        """The client for a vault URL, the event to wait for while its first read runs
+        (None once it is done), and whether this caller makes that first read (it then
+        calls `_primed`)."""
         with self._lock:
             client = self._clients.get(url)
             if client is not None:
-                return client, self._priming.get(url)
+                return client, self._priming.get(url), False
             from azure.keyvault.secrets import SecretClient
 
             if self._credential is None:
@@ -155,7 +156,7 @@ class KeyVaultProvider(Provider):
             client = SecretClient(url, self._credential, transport=self._http(), **self._transport())
             self._clients[url] = client
             self._priming[url] = threading.Event()
-            return client, None
+            return client, None, True
 
     def _primed(self, url: str) -> None:
         with self._lock:
@@ -182,8 +183,7 @@ class KeyVaultProvider(Provider):
         what = f"secret '{name}'" + (f" version {version}" if version else "") + f" in vault {url}"
         first = False
         try:
-            client, priming = self._client(url)
-            first = priming is None and url in self._priming
+            client, priming, first = self._client(url)
             if priming is not None:
                 priming.wait(max(0.0, ctx.remaining()))
             secret = client.get_secret(
