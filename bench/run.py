@@ -138,31 +138,26 @@ def snapshot(ref: str, dest: Path) -> tuple[str, str]:
 def concurrency_info(env: dict[str, str]) -> dict[str, int]:
     """initfetch's concurrency limits: the CLI default and each provider's cap."""
     probe = r"""
-import inspect, json
+import json
 out = {}
-def cap(mod, cls):
+def cap(type_name):
+    # Through the registry, so any layout of the package answers.
     try:
-        m = __import__(mod, fromlist=[cls]); c = getattr(m, cls)
-        v = getattr(c, "max_concurrency", None)
+        from initfetch.providers import provider_class
+        v = getattr(provider_class(type_name), "default_concurrency", None)
         return v if isinstance(v, int) else None
     except Exception:
         return None
-out["vault"] = cap("initfetch.providers.vault", "VaultProvider")
-out["aws"] = cap("initfetch.providers.aws_secretsmanager", "SecretsManagerProvider")
-out["azkv"] = cap("initfetch.providers.azure_keyvault", "KeyVaultProvider")
-try:
-    from initfetch.resolver import Resolver
-    d = inspect.signature(Resolver.__init__).parameters["concurrency"].default
-    out["resolver_default"] = d if isinstance(d, int) else None
-except Exception:
-    out["resolver_default"] = None
+out["vault"] = cap("vault")
+out["aws"] = cap("aws-secretsmanager")
+out["azkv"] = cap("azure-keyvault")
 print(json.dumps(out))
 """
     r = subprocess.run([PY, "-c", SOURCE_PREFIX + probe], env=env, capture_output=True, text=True, timeout=60)
     info = json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
     h = subprocess.run([INITFETCH, "render", "--help"], env=env, capture_output=True, text=True, timeout=60)
     m = re.search(r"INITFETCH_CONCURRENCY,\s*(\d+)", h.stdout)
-    overall = int(m.group(1)) if m else info.get("resolver_default") or 16
+    overall = int(m.group(1)) if m else 16
     out = {"overall": overall}
     for k in ("vault", "aws", "azkv"):
         v = info.get(k)

@@ -40,7 +40,7 @@ from initfetch.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolv
 from initfetch.watch_config import WatchConfig
 
 if TYPE_CHECKING:
-    from initfetch.providers.vault import VaultProvider
+    from initfetch.providers.vault.provider import VaultProvider
 
 log = logging.getLogger("initfetch.watch")
 
@@ -130,7 +130,7 @@ class Watcher:
                 self._plan_token(name, now)
 
     def _plan_token(self, instance: str, now: float) -> None:
-        from initfetch.providers import vault_leases
+        from initfetch.providers.vault import leases as vault_leases
 
         try:
             lease = vault_leases.token(self._vault(instance), self._ctx())
@@ -186,7 +186,7 @@ class Watcher:
 
     def _renew(self, key: Doc, now: float) -> bool:
         """Renew a dynamic secret's lease; False when it must be replaced instead."""
-        from initfetch.providers import vault_leases
+        from initfetch.providers.vault import leases as vault_leases
 
         lease = self.leases[key]
         try:
@@ -212,7 +212,7 @@ class Watcher:
 
     def _token(self, key: Token, action: str, now: float) -> set[Doc]:
         """Renew the login token, or log in again; a new login replaces every lease of the old token."""
-        from initfetch.providers import vault_leases
+        from initfetch.providers.vault import leases as vault_leases
 
         lease = self.leases[key]
         try:
@@ -253,7 +253,7 @@ class Watcher:
         return {k for k in self.docs if k.instance == key.instance and k in self.leases}
 
     def _revoke_due(self, now: float, everything: bool = False) -> None:
-        from initfetch.providers import vault_leases
+        from initfetch.providers.vault import leases as vault_leases
 
         keep = []
         for item in self.revokes:
@@ -269,7 +269,7 @@ class Watcher:
 
     def _revoke_tokens(self) -> None:
         """Tokens initfetch logged in for (not one it was given) die with it."""
-        from initfetch.providers import vault_leases
+        from initfetch.providers.vault import leases as vault_leases
 
         for key in [k for k in self.leases if isinstance(k, Token)]:
             inst = self._vault(key.instance)

@@ -151,8 +151,8 @@ def exec_watch(
 
 def revoke_leases(instances: Mapping[str, Provider], info: Mapping[str, Resolved], timeout: float) -> int:
     """Revoke every lease a resolution created (`preview`); returns how many were revoked."""
-    from initfetch.providers import vault_leases
-    from initfetch.providers.vault import VaultProvider
+    from initfetch.providers.vault import leases as vault_leases
+    from initfetch.providers.vault.provider import VaultProvider
 
     done: set[str] = set()
     for r in info.values():

@@ -167,7 +167,7 @@ def test_unreachable_endpoint_exits_4(seeded: dict[str, str], tmp_path: Path) ->
 
 def test_demo_helpers_start_seed_and_stop() -> None:
     from initfetch.manifest import env_var_names
-    from initfetch.providers.aws_ssm import ParameterStoreProvider
+    from initfetch.providers.aws.ssm import ParameterStoreProvider
     from initfetch.providers.base import FetchContext
     from initfetch.reference import DocKey
     from tests.backends.moto_server import seed_demo, start_moto

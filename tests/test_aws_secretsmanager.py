@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from initfetch.errors import AccessDenied, BadVersion, NotFound, SecretError
-from initfetch.providers.aws_secretsmanager import SecretsManagerProvider
+from initfetch.providers.aws.secretsmanager import SecretsManagerProvider
 from initfetch.providers.base import Document, FetchContext
 from initfetch.reference import DocKey, parse
 from tests.backends.moto_server import aws_client, aws_env_fixture, moto_url_fixture, set_auth_enforced  # noqa: F401

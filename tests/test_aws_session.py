@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from initfetch.errors import AccessDenied, BadReference, Unavailable
-from initfetch.providers.aws_secretsmanager import SecretsManagerProvider
-from initfetch.providers.aws_session import MAX_ATTEMPTS, timeout_bucket
-from initfetch.providers.aws_ssm import ParameterStoreProvider
+from initfetch.providers.aws.secretsmanager import SecretsManagerProvider
+from initfetch.providers.aws.session import MAX_ATTEMPTS, timeout_bucket
+from initfetch.providers.aws.ssm import ParameterStoreProvider
 from initfetch.providers.base import FetchContext
 from initfetch.reference import DocKey
 from tests.backends.local_http import LocalServer, QuietHandler, free_port

@@ -13,7 +13,7 @@ import pytest
 
 from initfetch.errors import AccessDenied, BadVersion, NotFound, SecretError
 from initfetch.manifest import env_var_names
-from initfetch.providers.aws_ssm import ParameterStoreProvider
+from initfetch.providers.aws.ssm import ParameterStoreProvider
 from initfetch.providers.base import Document, FetchContext
 from initfetch.reference import DocKey, parse
 from tests.backends.moto_server import (  # noqa: F401
@@ -271,9 +271,9 @@ def test_modules_do_not_import_boto3() -> None:
     import sys
 
     code = (
-        "import sys, initfetch.providers.aws_secretsmanager, initfetch.providers.aws_ssm;"
+        "import sys, initfetch.providers.aws.secretsmanager, initfetch.providers.aws.ssm;"
         "from initfetch.reference import parse;"
-        "initfetch.providers.aws_ssm.ParameterStoreProvider.check_reference(parse('ssm:///a/b'));"
+        "initfetch.providers.aws.ssm.ParameterStoreProvider.check_reference(parse('ssm:///a/b'));"
         "sys.exit(int(any(m.split('.')[0] in ('boto3', 'botocore') for m in sys.modules)))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

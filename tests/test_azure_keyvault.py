@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from initfetch.errors import AccessDenied, NotFound, SecretError, Unavailable
-from initfetch.providers.azure_keyvault import KeyVaultProvider
+from initfetch.providers.azure.keyvault import KeyVaultProvider
 from initfetch.providers.base import FetchContext
 from initfetch.reference import DocKey
 from tests.backends.keyvault_double import KeyVaultDouble, start_keyvault
@@ -410,7 +410,7 @@ def test_one_client_per_vault_shared_by_concurrent_fetches(
 
 def test_sdk_is_imported_lazily() -> None:
     code = (
-        "import sys, initfetch.providers.azure_keyvault as m; "
+        "import sys, initfetch.providers.azure.keyvault as m; "
         "assert not [n for n in sys.modules if n.startswith('azure')], 'azure imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))

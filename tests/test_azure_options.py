@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from initfetch.providers.azure_keyvault import KeyVaultProvider
+from initfetch.providers.azure.keyvault import KeyVaultProvider
 from initfetch.reference import parse
 
 

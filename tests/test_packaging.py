@@ -30,7 +30,7 @@ def test_wheel_builds_and_runs_from_its_install(tmp_path: Path) -> None:
     assert build.returncode == 0, build.stderr
     (wheel,) = (tmp_path / "dist").glob("initfetch-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "initfetch/cli.py" in names and "initfetch/providers/vault.py" in names
+    assert "initfetch/cli.py" in names and "initfetch/providers/vault/provider.py" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
     target = tmp_path / "site"

@@ -18,7 +18,7 @@ import pytest
 
 import tests.backends.openbao as openbao_backend
 from initfetch.errors import AccessDenied
-from initfetch.providers.vault import VaultProvider
+from initfetch.providers.vault.provider import VaultProvider
 from tests.backends.local_http import LocalServer, QuietHandler
 from tests.backends.openbao import (
     FakeAPI,

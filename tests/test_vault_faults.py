@@ -16,7 +16,7 @@ import tests.backends.openbao as openbao_backend
 import tests.backends.vault_double as double_backend
 from initfetch.errors import AccessDenied, BadReference, NotFound, ResolveFailed, Unavailable
 from initfetch.providers.base import FetchContext
-from initfetch.providers.vault import VaultProvider
+from initfetch.providers.vault.provider import VaultProvider
 from initfetch.reference import parse
 from tests.backends.local_http import QuietHandler, free_port, serve
 from tests.backends.openbao import (

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from initfetch.errors import AccessDenied, BadReference, Unavailable
-from initfetch.providers.vault import VaultProvider
+from initfetch.providers.vault.provider import VaultProvider
 from tests.backends.local_http import QuietHandler, serve
 from tests.backends.openbao import OpenBao, fetch
 from tests.backends.openbao import openbao as openbao  # session fixture

@@ -14,7 +14,7 @@ import pytest
 import tests.backends.openbao as openbao_backend
 from initfetch.errors import AccessDenied, BadReference, NotFound
 from initfetch.providers.base import FetchContext
-from initfetch.providers.vault import VaultProvider
+from initfetch.providers.vault.provider import VaultProvider
 from initfetch.reference import parse
 from tests.backends.openbao import (
     FakeAPI,

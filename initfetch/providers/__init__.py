@@ -25,13 +25,13 @@ class ProviderType:
 TYPES: dict[str, ProviderType] = {
     "file": ProviderType("initfetch.providers.file:FileProvider"),
     "env": ProviderType("initfetch.providers.env:EnvProvider"),
-    "vault": ProviderType("initfetch.providers.vault:VaultProvider", "vault", ("hvac",)),
+    "vault": ProviderType("initfetch.providers.vault.provider:VaultProvider", "vault", ("hvac",)),
     "aws-secretsmanager": ProviderType(
-        "initfetch.providers.aws_secretsmanager:SecretsManagerProvider", "aws", ("boto3",)
+        "initfetch.providers.aws.secretsmanager:SecretsManagerProvider", "aws", ("boto3",)
     ),
-    "aws-ssm": ProviderType("initfetch.providers.aws_ssm:ParameterStoreProvider", "aws", ("boto3",)),
+    "aws-ssm": ProviderType("initfetch.providers.aws.ssm:ParameterStoreProvider", "aws", ("boto3",)),
     "azure-keyvault": ProviderType(
-        "initfetch.providers.azure_keyvault:KeyVaultProvider",
+        "initfetch.providers.azure.keyvault:KeyVaultProvider",
         "azure",
         ("azure.identity", "azure.keyvault.secrets"),
     ),

@@ -272,7 +272,7 @@ def vault_provider(
     handle: OpenBao, token: str | None = ROOT_TOKEN, name: str = "vault", **options: Any
 ) -> Any:
     """A VaultProvider for this server; environ holds only VAULT_ADDR (and VAULT_TOKEN)."""
-    from initfetch.providers.vault import VaultProvider
+    from initfetch.providers.vault.provider import VaultProvider
 
     environ = {"VAULT_ADDR": handle.url, "HOME": str(handle.workdir / "no-home")}
     if token:

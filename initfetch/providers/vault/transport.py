@@ -8,7 +8,7 @@ a read. Anything it does not handle the same way is left to requests:
 proxies, redirects (a standby node sends 307 to the active one), file uploads.
 
 urllib3 failures are raised as the requests exceptions they would have been,
-so error mapping (vault_http.mapped_errors) sees one vocabulary.
+so error mapping (http.mapped_errors) sees one vocabulary.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from initfetch.errors import SecretError
-from initfetch.providers import aws_session
-from initfetch.providers.aws_session import AwsSession, error_code
+from initfetch.providers.aws import session as aws_session
+from initfetch.providers.aws.session import AwsSession, error_code
 from initfetch.providers.base import Document, FetchContext, OptionProblem, Provider
 from initfetch.reference import DocKey
 

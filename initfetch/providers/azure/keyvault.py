@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from initfetch.errors import AccessDenied, NotFound, SecretError, Unavailable, retry_after_seconds
-from initfetch.providers import azure_credentials as creds
+from initfetch.providers.azure import credentials as creds
 from initfetch.providers.base import Document, FetchContext, OptionProblem, Provider
 from initfetch.reference import DocKey, Reference
 

@@ -10,7 +10,7 @@ and cached per mount:
   Document, and all keys of one dynamic secret come from that one read.
 
 Connection settings and the login method are per instance (see
-vault_http.Connection and vault_auth); login happens once, lazily, under a lock.
+http.Connection and auth.py); login happens once, lazily, under a lock.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 
 from initfetch.errors import AccessDenied, BadReference, NotFound, SecretError, Unavailable
 from initfetch.providers.base import Document, FetchContext, Lease, OptionProblem, Provider
-from initfetch.providers.vault_auth import AuthMethod, check_auth, make_auth
-from initfetch.providers.vault_http import (
+from initfetch.providers.vault.auth import AuthMethod, check_auth, make_auth
+from initfetch.providers.vault.http import (
     Connection,
     call_timeout,
     make_session,
@@ -145,7 +145,7 @@ class VaultProvider(Provider):
                 url=self.conn.address,
                 namespace=self.conn.namespace,
                 session=self._session,
-                verify=self._session.verify,  # the CA variables resolved once (vault_http)
+                verify=self._session.verify,  # the CA variables resolved once (http.py)
                 cert=self.conn.cert,
             )
             try:
@@ -183,7 +183,7 @@ class VaultProvider(Provider):
                 if self._session is None:
                     self._session = make_session(self.conn, self.concurrency)
 
-    # --- calls outside a read: leases and the token (initfetch.providers.vault_leases) ---
+    # --- calls outside a read: leases and the token (initfetch.providers.vault.leases) ---
 
     @contextmanager
     def call(self, ctx: FetchContext, what: str) -> Iterator[Any]:

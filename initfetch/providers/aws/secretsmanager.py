@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from initfetch.errors import AccessDenied, BadReference, BadVersion, NotFound, SecretError, Unavailable
-from initfetch.providers import aws_session
-from initfetch.providers.aws_base import AwsProvider
-from initfetch.providers.aws_session import classify, error_code, error_message, one_line
+from initfetch.providers.aws import session as aws_session
+from initfetch.providers.aws.base import AwsProvider
+from initfetch.providers.aws.session import classify, error_code, error_message, one_line
 from initfetch.providers.base import Document, FetchContext
 from initfetch.reference import DocKey, Reference
 

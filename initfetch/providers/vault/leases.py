@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from initfetch.providers.base import FetchContext, Lease
-from initfetch.providers.vault import VaultProvider
+from initfetch.providers.vault.provider import VaultProvider
 
 TOKEN_LEASE_ID = "auth/token/self"  # noqa: S105 - how the token shows up as a Lease; not a real lease id
 

@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from initfetch.errors import AccessDenied, BadReference, BadVersion, NotFound, SecretError, Unavailable
-from initfetch.providers import aws_session
-from initfetch.providers.aws_base import AwsProvider
-from initfetch.providers.aws_session import classify, error_code, error_message
+from initfetch.providers.aws import session as aws_session
+from initfetch.providers.aws.base import AwsProvider
+from initfetch.providers.aws.session import classify, error_code, error_message
 from initfetch.providers.base import Document, FetchContext
 from initfetch.reference import DocKey, Reference
 

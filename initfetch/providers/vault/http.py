@@ -24,7 +24,7 @@ from initfetch.errors import (
     Unavailable,
     retry_after_seconds,
 )
-from initfetch.providers.vault_transport import DirectTransport
+from initfetch.providers.vault.transport import DirectTransport
 
 DEFAULT_ADDRESS = "https://127.0.0.1:8200"  # the Vault CLI's default
 
