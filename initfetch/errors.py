@@ -168,6 +168,12 @@ class TooLarge(SecretError):
     kind = "too-large"
 
 
+class NotRenewable(SecretError):
+    """A lease or login that cannot be extended: the secret must be read (or logged in) anew."""
+
+    kind = "not-renewable"
+
+
 class Unavailable(SecretError):
     """Connection refused/reset, timeout, 429, 5xx, sealed or starting server.
 

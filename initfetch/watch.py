@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from initfetch import schedule as sched
 from initfetch import watch_status, writer
@@ -38,9 +38,6 @@ from initfetch.reference import DocKey
 from initfetch.render import Rendered, render
 from initfetch.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolver
 from initfetch.watch_config import WatchConfig
-
-if TYPE_CHECKING:
-    from initfetch.providers.vault.provider import VaultProvider
 
 log = logging.getLogger("initfetch.watch")
 
@@ -125,17 +122,18 @@ class Watcher:
             interval = min((i for i in intervals if i is not None), default=None)
             if interval is not None:
                 self.schedule.poll(key, interval, now)
-        for name, inst in self.instances.items():
-            if inst.type_name == "vault" and any(k.instance == name for k in self.docs):
+        for name in self.instances:
+            if any(k.instance == name for k in self.docs):
                 self._plan_token(name, now)
 
     def _plan_token(self, instance: str, now: float) -> None:
-        from initfetch.providers.vault import leases as vault_leases
-
+        inst = self.instances[instance]
         try:
-            lease = vault_leases.token(self._vault(instance), self._ctx())
+            lease = inst.login_lease(self._ctx())
         except SecretError as e:
-            log.warning("cannot look up the Vault token of %s (%s): it is not renewed", instance, e.kind)
+            log.warning(
+                "cannot look up the %s of %s (%s): it is not renewed", inst.login_name, instance, e.kind
+            )
             return
         if lease is not None:
             self.leases[Token(instance)] = lease
@@ -186,11 +184,9 @@ class Watcher:
 
     def _renew(self, key: Doc, now: float) -> bool:
         """Renew a dynamic secret's lease; False when it must be replaced instead."""
-        from initfetch.providers.vault import leases as vault_leases
-
         lease = self.leases[key]
         try:
-            granted = vault_leases.renew(self._vault(key.instance), lease, self._ctx())
+            granted = self.instances[key.instance].renew(lease, self._ctx())
         except SecretError as e:
             if e.transient:
                 log.warning("renewing the lease of %s failed (%s); retrying", self._refs(key), e.kind)
@@ -212,38 +208,40 @@ class Watcher:
 
     def _token(self, key: Token, action: str, now: float) -> set[Doc]:
         """Renew the login token, or log in again; a new login replaces every lease of the old token."""
-        from initfetch.providers.vault import leases as vault_leases
-
         lease = self.leases[key]
+        inst = self.instances[key.instance]
         try:
             if action == sched.RENEW:
-                granted = vault_leases.renew_token(
-                    self._vault(key.instance), int(lease.duration), self._ctx()
-                )
+                granted = inst.renew_login(lease, self._ctx())
                 self.schedule.renewed(key, granted.duration, now)
-                log.info("renewed the Vault token of %s for %ds", key.instance, granted.duration)
+                log.info("renewed the %s of %s for %ds", inst.login_name, key.instance, granted.duration)
                 return set()
-            if not vault_leases.can_login_again(self._vault(key.instance)):
+            if not inst.can_login_again():
                 log.warning(
-                    "the Vault token of %s cannot be renewed further and was given as a token: "
-                    "it expires in %.0fs",
+                    "the %s of %s cannot be renewed further and was given as a token: it expires in %.0fs",
+                    inst.login_name,
                     key.instance,
                     max(0.0, (self.schedule.entries[key].expires_at or now) - now),
                 )
                 self.schedule.remove(key)
                 return set()
-            new = vault_leases.login_again(self._vault(key.instance), self._ctx())
+            new = inst.login_again(self._ctx())
         except SecretError as e:
             if action == sched.RENEW and not e.transient:
                 log.info(
-                    "the Vault token of %s cannot be renewed (%s); logging in again", key.instance, e.kind
+                    "the %s of %s cannot be renewed (%s); logging in again",
+                    inst.login_name,
+                    key.instance,
+                    e.kind,
                 )
                 self.schedule.refused(key, now)
             else:
-                log.warning("the Vault token of %s: %s failed (%s); retrying", key.instance, action, e.kind)
+                log.warning(
+                    "the %s of %s: %s failed (%s); retrying", inst.login_name, key.instance, action, e.kind
+                )
                 self.schedule.failed(key, now)
             return set()
-        log.info("logged in to Vault again for %s", key.instance)
+        log.info("logged in to %s again for %s", inst.backend_name, key.instance)
         if new is None:
             self.schedule.remove(key)
         else:
@@ -253,15 +251,13 @@ class Watcher:
         return {k for k in self.docs if k.instance == key.instance and k in self.leases}
 
     def _revoke_due(self, now: float, everything: bool = False) -> None:
-        from initfetch.providers.vault import leases as vault_leases
-
         keep = []
         for item in self.revokes:
             if not everything and item.at > now:
                 keep.append(item)
                 continue
             try:
-                vault_leases.revoke(self._vault(item.instance), item.lease_id, self._ctx())
+                self.instances[item.instance].revoke(item.lease_id, self._ctx())
                 log.info("revoked lease %s", item.lease_id)
             except SecretError as e:
                 log.warning("revoking lease %s failed (%s); it ends at its TTL", item.lease_id, e.kind)
@@ -269,18 +265,19 @@ class Watcher:
 
     def _revoke_tokens(self) -> None:
         """Tokens initfetch logged in for (not one it was given) die with it."""
-        from initfetch.providers.vault import leases as vault_leases
-
         for key in [k for k in self.leases if isinstance(k, Token)]:
-            inst = self._vault(key.instance)
-            if not vault_leases.can_login_again(inst) or "token_file" in inst.options:
+            inst = self.instances[key.instance]
+            if not inst.owns_login():
                 continue
             try:
-                vault_leases.revoke_token(inst, self._ctx())
-                log.info("revoked the Vault token of %s", key.instance)
+                inst.revoke_login(self._ctx())
+                log.info("revoked the %s of %s", inst.login_name, key.instance)
             except SecretError as e:
                 log.warning(
-                    "revoking the Vault token of %s failed (%s); it ends at its TTL", key.instance, e.kind
+                    "revoking the %s of %s failed (%s); it ends at its TTL",
+                    inst.login_name,
+                    key.instance,
+                    e.kind,
                 )
 
     def _next_revoke(self) -> float | None:
@@ -402,9 +399,6 @@ class Watcher:
         retire = getattr(self.redactor, "retire", None)
         if callable(retire):
             retire([*self.values.values(), *self._previous.values()])
-
-    def _vault(self, instance: str) -> VaultProvider:
-        return cast("VaultProvider", self.instances[instance])
 
     def _refs(self, key: Doc) -> str:
         return f"{key.instance}://{key.doc}"

@@ -151,16 +151,13 @@ def exec_watch(
 
 def revoke_leases(instances: Mapping[str, Provider], info: Mapping[str, Resolved], timeout: float) -> int:
     """Revoke every lease a resolution created (`preview`); returns how many were revoked."""
-    from initfetch.providers.vault import leases as vault_leases
-    from initfetch.providers.vault.provider import VaultProvider
-
     done: set[str] = set()
     for r in info.values():
         inst = instances.get(r.provider)
-        if r.lease is None or r.lease.id in done or not isinstance(inst, VaultProvider):
+        if r.lease is None or r.lease.id in done or inst is None:
             continue
         try:
-            vault_leases.revoke(inst, r.lease.id, FetchContext(time.monotonic() + timeout))
+            inst.revoke(r.lease.id, FetchContext(time.monotonic() + timeout))
             done.add(r.lease.id)
         except SecretError as e:
             log.warning("could not revoke lease %s (%s); it ends at its TTL", r.lease.id, e.kind)

@@ -112,7 +112,7 @@ def test_approle_from_files_with_custom_mount(bao: OpenBao, approle: dict[str, A
     }
     p = provider(bao, auth, VAULT_TOKEN="root")
     assert fetch(p, REF).value == {"password": CANARY}
-    assert p._client.token != "root"  # logged in through AppRole, VAULT_TOKEN ignored
+    assert p.client.token != "root"  # logged in through AppRole, VAULT_TOKEN ignored
     assert p.credential_env() == set()
 
 

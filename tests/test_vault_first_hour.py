@@ -20,12 +20,12 @@ def test_bao_variables_are_read_and_vault_ones_win(openbao: OpenBao) -> None:
     p = VaultProvider(
         "vault", {}, {"BAO_ADDR": openbao.url, "BAO_TOKEN": openbao.root_token, "HOME": "/nonexistent"}
     )
-    assert p.conn.address == openbao.url and p.conn.address_from == "BAO_ADDR"
+    assert p.client.conn.address == openbao.url and p.client.conn.address_from == "BAO_ADDR"
     assert fetch(p, "vault://secret/firsthour/bao").value == {"k": CANARY}
     assert p.credential_env() == {"BAO_TOKEN"}  # exec strips the token it logged in with
     both = {"VAULT_ADDR": openbao.url, "BAO_ADDR": "http://127.0.0.1:9", "VAULT_TOKEN": openbao.root_token}
     p = VaultProvider("vault", {}, {**both, "BAO_TOKEN": "wrong", "HOME": "/nonexistent"})
-    assert p.conn.address_from == "VAULT_ADDR"
+    assert p.client.conn.address_from == "VAULT_ADDR"
     assert fetch(p, "vault://secret/firsthour/bao").value == {"k": CANARY}
     p = VaultProvider("vault", {"address": openbao.url}, {"HOME": "/nonexistent"})
     with pytest.raises(AccessDenied, match="VAULT_TOKEN \\(or BAO_TOKEN\\)"):

@@ -119,13 +119,13 @@ def test_mount_detection_is_cached_per_mount(seeded: OpenBao) -> None:
     p = vault_provider(seeded)
     seen: list[str] = []
     fetch(p, "vault://secret/kvt/db")  # logs in, builds the session
-    real = p._session.request
+    real = p.client.session.request
 
     def spy(method: str, url: str, *args: object, **kwargs: object) -> object:
         seen.append(urlsplit(url).path)
         return real(method, url, *args, **kwargs)
 
-    p._session.request = spy
+    p.client.session.request = spy
     fetch(p, "vault://secret/kvt/nested")
     fetch(p, "vault://kvt1/app/smtp")
     fetch(p, "vault://kvt1/app/smtp")
@@ -286,14 +286,14 @@ def test_lease_reaches_templates_through_the_resolver(seeded: OpenBao, rabbit: F
 def test_concurrent_fetches_share_one_login(seeded: OpenBao, caplog: pytest.LogCaptureFixture) -> None:
     p = vault_provider(seeded)
     logins: list[int] = []
-    original = p.auth.login
+    original = p.client.auth.login
 
     def counting_login(client) -> None:  # type: ignore[no-untyped-def]
         logins.append(1)
         time.sleep(0.05)  # widen the race window
         original(client)
 
-    p.auth.login = counting_login  # type: ignore[method-assign]
+    p.client.auth.login = counting_login  # type: ignore[method-assign]
     ctx = FetchContext(time.monotonic() + 10)
     out: list[object] = []
     threads = [
@@ -315,7 +315,7 @@ def test_tls_skip_verify_warns(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="initfetch.providers.vault"):
         p = VaultProvider("v", {"address": "https://vault:8200"}, {"VAULT_SKIP_VERIFY": "1"})
     assert "VAULT_SKIP_VERIFY is ignored" in caplog.text
-    assert p.conn.verify is True
+    assert p.client.conn.verify is True
 
 
 def test_seed_demo_references_resolve(openbao: OpenBao) -> None:

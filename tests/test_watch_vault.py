@@ -232,7 +232,7 @@ def test_the_login_token_is_renewed_then_replaced_by_a_new_approle_login(
     c.secrets.kv.v2.create_or_update_secret("watch/token", {"v": "two"})
     wait_until(lambda: (tmp_path / "out/v").read_text() == "two", what="the new value")
     # Stopping with --revoke-on-exit revokes the token initfetch logged in for.
-    token = watcher.instances["vault"]._client.token
+    token = watcher.instances["vault"].client.token
     # Alive before the stop (a lookup of a dead token is refused). Its ttl may read 0: these
     # tokens live 3-5 s, and OpenBao rounds what is left down to whole seconds.
     assert c.auth.token.lookup(token)["data"]["ttl"] >= 0

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from initfetch.errors import SecretError
+from initfetch.errors import NotRenewable, SecretError
 from initfetch.limits import Limits
 from initfetch.reference import DocKey, Reference
 
@@ -84,6 +84,9 @@ class Provider:
     default_concurrency: ClassVar[int] = 16
     # >1: the resolver hands `fetch_many` up to this many documents at once.
     batch_size: ClassVar[int] = 1
+    # How log lines name the backend and the login it holds ("Vault", "Vault token").
+    backend_name: ClassVar[str] = ""
+    login_name: ClassVar[str] = "login"
 
     def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         self.name = name
@@ -128,6 +131,38 @@ class Provider:
             except SecretError as e:
                 out[doc] = e
         return out
+
+    # --- leases and the login (watch mode, preview): a backend without leases keeps the defaults ---
+
+    def renew(self, lease: Lease, ctx: FetchContext) -> Lease:
+        """Extend a lease a read returned, asking for its first duration again; the grant may be
+        shorter (a max TTL). Raises a SecretError; a permanent one means: replace the secret."""
+        raise NotRenewable(f"a {self.type_name} provider has no leases to renew")
+
+    def revoke(self, lease_id: str, ctx: FetchContext) -> None:
+        """End a lease a read returned, before its TTL."""
+
+    def login_lease(self, ctx: FetchContext) -> Lease | None:
+        """The login this instance holds, as a lease to keep alive; None: nothing expires."""
+        return None
+
+    def renew_login(self, lease: Lease, ctx: FetchContext) -> Lease:
+        raise NotRenewable(f"a {self.type_name} provider has no login to renew")
+
+    def can_login_again(self) -> bool:
+        """Whether a new login can replace one that ends (a token given as is cannot)."""
+        return False
+
+    def login_again(self, ctx: FetchContext) -> Lease | None:
+        """Drop the current login and log in afresh; the new login's lease."""
+        return None
+
+    def owns_login(self) -> bool:
+        """Whether this instance made its login itself (it may then revoke it on exit)."""
+        return False
+
+    def revoke_login(self, ctx: FetchContext) -> None:
+        """Revoke the login this instance made (and, in Vault, every lease it created)."""
 
     def credential_env(self) -> set[str]:
         """Names of environment variables this instance used to log in.
