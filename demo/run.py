@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from initfetch.writer import filesystem_type  # noqa: E402
+from initfetch.outdir.target import filesystem_type  # noqa: E402
 from tests.backends import keyvault_double, moto_server, openbao  # noqa: E402
 
 APP = r"""

@@ -16,10 +16,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from initfetch import __version__, writer
+from initfetch import __version__
 from initfetch.errors import BadInput, InitfetchError
 from initfetch.logs import setup as setup_logging
 from initfetch.manifest import Manifest, default_manifest_path, load_manifest, missing_sdks
+from initfetch.outdir import marker as outdir_marker
+from initfetch.outdir import writer
+from initfetch.outdir.target import check_target
 from initfetch.redact import Redactor
 from initfetch.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolver
 
@@ -413,7 +416,7 @@ def _render(
 
 def _write(manifest: Manifest, resolution: Resolution, rendered: Rendered, args: argparse.Namespace) -> None:
     out_dir = Path(args.out)
-    marker = writer.marker_body(
+    marker = outdir_marker.marker_body(
         {
             name: {"ref": r.ref, "provider": r.provider, "version": r.version, "outcome": r.outcome}
             for name, r in resolution.info.items()
@@ -427,7 +430,7 @@ def _write(manifest: Manifest, resolution: Resolution, rendered: Rendered, args:
 
 def cmd_render(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
     manifest = _load(args, env)
-    writer.check_target(Path(args.out), args.allow_disk, manifest.outputs)  # fail before any backend is asked
+    check_target(Path(args.out), args.allow_disk, manifest.outputs)  # fail before any backend is asked
     if args.watch:  # --watch holds too; --hold alone holds and never refreshes
         return _watch(manifest, args, env, redactor)
     resolution = _resolve(manifest, args, env, redactor)
@@ -471,7 +474,7 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
     else:
         manifest = _load(args, env)
     if manifest.outputs:
-        writer.check_target(Path(args.out), args.allow_disk, manifest.outputs)
+        check_target(Path(args.out), args.allow_disk, manifest.outputs)
     if args.watch:
         return _watch(manifest, args, env, redactor, cmd)
     resolution = _resolve(manifest, args, env, redactor)
@@ -550,7 +553,7 @@ def cmd_check(args: argparse.Namespace, env: Mapping[str, str], redactor: Redact
 
 
 def cmd_healthcheck(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
-    from initfetch import watch_status
+    from initfetch.outdir import health
     from initfetch.watch_config import parse_duration
 
     max_stale = None
@@ -559,8 +562,8 @@ def cmd_healthcheck(args: argparse.Namespace, env: Mapping[str, str], redactor: 
             max_stale = parse_duration(args.max_stale)
         except ValueError as e:
             raise BadInput(f"--max-stale (INITFETCH_MAX_STALE) {e}") from None
-    marker = writer.healthcheck(Path(args.out))
-    watch_status.check(Path(args.out), marker, max_stale)
+    marker = health.healthcheck(Path(args.out))
+    health.check(Path(args.out), marker, max_stale)
     return 0
 
 

@@ -23,21 +23,13 @@ from initfetch import limits as _limits
 from initfetch import providers, watch_config, yamlsrc
 from initfetch.errors import BadInput, Loc, Problem, shown
 from initfetch.limits import Limits
+from initfetch.outdir.names import NAME_MAX, PATH_MAX, reserved
 from initfetch.reference import Reference, RefSyntaxError, expand_reference, expand_vars
 from initfetch.yamlsrc import LDict, LList
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENV_NAME_RE = NAME_RE
-MARKER_NAME = ".initfetch-ready.json"
 DEFAULT_MODE = 0o400
-# The writer's temp files: `.initfetch-tmp-` and 24 hex digits, beside their target. Fixed
-# length and not derived from the dest, so any name up to NAME_MAX can be written.
-TEMP_PREFIX = ".initfetch-tmp-"
-TEMP_RE = re.compile(r"^\.initfetch-tmp-[0-9a-f]{24}$")
-# What versions before 0.x named them (`.NAME.initfetch-` and 12 hex digits); still swept.
-LEGACY_TEMP_RE = re.compile(r"^\..+\.initfetch-[0-9a-f]{12}$")
-NAME_MAX = 255  # bytes in one path component (Linux)
-PATH_MAX = 4096  # bytes in a path, with its terminating NUL
 MODE_TEXT_RE = re.compile(r"^(0o?)?[0-7]{1,4}$")
 
 TOP_KEYS = {"version", "providers", "secrets", "templates", "files", "env", "env_from", "limits", "on_change"}
@@ -569,7 +561,7 @@ def normalize_dest(chk: _Checker, dest: Any, where: Loc, what: str) -> str | Non
         )
         return None
     for part in norm.split("/"):
-        if part.startswith(".initfetch") or LEGACY_TEMP_RE.match(part):
+        if reserved(part):
             chk.add(
                 where,
                 f"{what}: dest {shown(dest)} is reserved for initfetch's own files (marker, temp files)",

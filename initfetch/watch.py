@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -28,9 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from initfetch import schedule as sched
-from initfetch import watch_status, writer
+from initfetch import watch_status
 from initfetch.errors import InitfetchError, SecretError
-from initfetch.manifest import MARKER_NAME, Manifest
+from initfetch.manifest import Manifest
+from initfetch.outdir import marker as outdir_marker
+from initfetch.outdir import writer
+from initfetch.outdir.wipe import wipe_files
 from initfetch.pacing import AdaptiveLimit
 from initfetch.providers.base import FetchContext, Lease, Provider
 from initfetch.redact import Redactor
@@ -447,25 +449,6 @@ class Watcher:
             wipe_files(self.out_dir, self.rendered.files)
 
 
-def wipe_files(out_dir: Path, files: Iterable[str]) -> None:
-    """Remove the marker, the status file and the rendered files, never through a symlink."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    for dest in [MARKER_NAME, watch_status.STATUS_NAME, *files]:
-        *dirs, name = dest.split("/")
-        fds: list[int] = []
-        try:
-            fds.append(os.open(out_dir, flags))
-            for part in dirs:
-                fds.append(os.open(part, flags, dir_fd=fds[-1]))
-            os.unlink(name, dir_fd=fds[-1])
-        except OSError:
-            pass
-        finally:
-            for fd in fds:
-                os.close(fd)
-    log.info("removed the rendered files from %s", out_dir)
-
-
 def _versions(old: Resolved | None, new: Resolved) -> str:
     """`version 3 -> 4`, or the lease ids of a dynamic secret: never a value."""
     if new.lease is not None or (old is not None and old.lease is not None):
@@ -475,7 +458,7 @@ def _versions(old: Resolved | None, new: Resolved) -> str:
 
 
 def _marker(info: Mapping[str, Resolved], rendered: Rendered) -> dict[str, Any]:
-    return writer.marker_body(
+    return outdir_marker.marker_body(
         {
             name: {"ref": r.ref, "provider": r.provider, "version": r.version, "outcome": r.outcome}
             for name, r in info.items()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from initfetch import watch_status, writer
 from initfetch.errors import NotReady
+from initfetch.outdir import health, names
 from initfetch.watch_config import WatchConfig
 from tests.helpers import CANARY, CANARY2, assert_no_canary, write
 from tests.watch_helpers import Clock, start_watcher, wait_until
@@ -87,7 +87,7 @@ def test_only_the_changed_files_are_rewritten(project: Path) -> None:
     assert len(changes) == 1
     assert (changes[0].secrets, changes[0].files, changes[0].env) == (["a"], ["a.txt"], ["A"])
     assert changes[0].rendered.env["A"] == "a-v2"
-    assert writer.healthcheck(out)["files"] == ["a.txt", "b.txt", "conf/both.txt"]
+    assert health.healthcheck(out)["files"] == ["a.txt", "b.txt", "conf/both.txt"]
 
 
 def test_a_failed_refresh_keeps_the_last_good_render_and_recovers(
@@ -106,16 +106,16 @@ def test_a_failed_refresh_keeps_the_last_good_render_and_recovers(
         "keeping the last good render" in r.getMessage() and "not-found" in r.getMessage()
         for r in caplog.records
     )
-    marker = writer.healthcheck(out)
-    watch_status.check(out, marker, max_stale=60)  # failing, but not for long yet
+    marker = health.healthcheck(out)
+    health.check(out, marker, max_stale=60)  # failing, but not for long yet
     wall = time.time()
     with pytest.raises(NotReady, match="stale"):
-        watch_status.check(out, marker, max_stale=60, now=wall + 120)
+        health.check(out, marker, max_stale=60, now=wall + 120)
     # Retried with backoff, not at the next interval; healthy again once it succeeds.
     os.rename(project / "src/a.away", project / "src/a")
     clock.advance(2)
     watcher.cycle()
-    watch_status.check(out, marker, max_stale=60, now=wall + 120)
+    health.check(out, marker, max_stale=60, now=wall + 120)
     assert {p: fingerprint(out / p) for p in files} == files and changes == []
 
 
@@ -143,7 +143,7 @@ def test_values_never_reach_the_log(project: Path, caplog: pytest.LogCaptureFixt
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "secret a changed: file://src/a" in text
     assert_no_canary(text, (project / "out/.initfetch-ready.json").read_text())
-    assert_no_canary((project / "out" / watch_status.STATUS_NAME).read_text())
+    assert_no_canary((project / "out" / names.STATUS_NAME).read_text())
 
 
 def test_the_loop_rerenders_within_one_interval(project: Path) -> None:
@@ -218,10 +218,10 @@ def test_the_redactor_keeps_the_current_and_previous_values_only(project: Path) 
 def test_max_stale_without_a_watcher_counts_from_the_render(tmp_path: Path) -> None:
     marker = {"completed_at": "2026-01-01T00:00:00Z"}
     rendered_at = 1767225600.0  # that moment, in epoch seconds
-    watch_status.check(tmp_path, marker, max_stale=60, now=rendered_at + 30)
+    health.check(tmp_path, marker, max_stale=60, now=rendered_at + 30)
     with pytest.raises(NotReady, match="rendered and never refreshed 120s ago"):
-        watch_status.check(tmp_path, marker, max_stale=60, now=rendered_at + 120)
-    watch_status.check(tmp_path, marker, max_stale=None, now=rendered_at + 10**6)  # no limit asked
+        health.check(tmp_path, marker, max_stale=60, now=rendered_at + 120)
+    health.check(tmp_path, marker, max_stale=None, now=rendered_at + 10**6)  # no limit asked
 
 
 def test_derived_forms_of_unchanged_secrets_stay_masked_across_refreshes(tmp_path: Path) -> None:

@@ -243,8 +243,8 @@ def test_the_login_token_is_renewed_then_replaced_by_a_new_approle_login(
 
 
 def test_a_lease_that_expires_unrenewed_makes_healthcheck_unhealthy(tmp_path: Path) -> None:
-    from initfetch import watch_status, writer
     from initfetch.errors import NotReady
+    from initfetch.outdir import health
     from tests.backends.openbao import start_fake_rabbitmq, start_openbao
     from tests.conftest import require
     from tests.watch_helpers import Clock
@@ -270,13 +270,13 @@ def test_a_lease_that_expires_unrenewed_makes_healthcheck_unhealthy(tmp_path: Pa
         clock = Clock()
         watcher, _ = start_watcher(tmp_path, manifest, environ(bao, tmp_path), clock=clock, timeout=2)
         out = tmp_path / "out"
-        watch_status.check(out, writer.healthcheck(out), max_stale=None)
+        health.check(out, health.healthcheck(out), max_stale=None)
         bao.stop()  # the backend goes away: every renewal fails from now on
         for _ in range(8):
             clock.advance(10)
             watcher.cycle()
         with pytest.raises(NotReady, match="a lease expired before it could be renewed or replaced: user"):
-            watch_status.check(out, writer.healthcheck(out), max_stale=None)
+            health.check(out, health.healthcheck(out), max_stale=None)
         assert (out / "user").exists()  # the last good render stays
     finally:
         bao.stop()

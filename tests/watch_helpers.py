@@ -7,8 +7,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from initfetch import writer
 from initfetch.manifest import load_manifest
+from initfetch.outdir import marker as outdir_marker
+from initfetch.outdir import writer
 from initfetch.redact import Redactor
 from initfetch.render import render
 from initfetch.resolver import Resolver
@@ -49,7 +50,7 @@ def start_watcher(
     meta = {name: r.meta() for name, r in resolution.info.items()}
     rendered = render(loaded, resolution.values, meta, redactor)
     out = out or tmp_path / "out"
-    marker = writer.marker_body({}, list(rendered.files), list(rendered.env))
+    marker = outdir_marker.marker_body({}, list(rendered.files), list(rendered.env))
     writer.write_all(out, rendered.files, loaded.outputs, marker, allow_disk=True)
     changes: list[Change] = []
     kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}

@@ -1,6 +1,7 @@
 """The writer: puts rendered bytes into OUT_DIR safely, or not at all.
 
-- Refuses a directory that is not memory backed (tmpfs/ramfs) unless allowed.
+- Refuses a directory that is not memory backed (tmpfs/ramfs) unless allowed
+  (target.py).
 - Every file is first staged complete (written, owned, moded, fsynced) as a
   temp file beside its target; only then are they all renamed into place, so
   a failure while staging replaces nothing, and a reader sees the old or the
@@ -19,105 +20,22 @@
 from __future__ import annotations
 
 import errno
-import grp
 import json
 import os
-import pwd
 import stat
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from initfetch.errors import NotReady, Problem, WriteFailed, shown
-from initfetch.manifest import LEGACY_TEMP_RE, MARKER_NAME, PATH_MAX, TEMP_PREFIX, TEMP_RE, Output
+from initfetch.errors import Problem, WriteFailed
+from initfetch.outdir.names import LEGACY_TEMP_RE, MARKER_NAME, TEMP_PREFIX, TEMP_RE
+from initfetch.outdir.target import check_target, owner_ids
 
-MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}
+if TYPE_CHECKING:
+    from initfetch.manifest import Output
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def filesystem_type(path: Path) -> str:
-    """The filesystem type of the mount holding `path` (from /proc/self/mountinfo)."""
-    target = os.path.realpath(path)
-    best, fstype = "", "unknown"
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                mount_point = _unescape(left.split()[4])
-                if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(
-                    mount_point
-                ) >= len(best):
-                    best, fstype = mount_point, right.split()[0]
-    except OSError:
-        return "unknown"
-    return fstype
-
-
-def _unescape(field: str) -> str:
-    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-
-
-def _nearest_existing(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_target(out_dir: Path, allow_disk: bool, outputs: Sequence[Output] = ()) -> None:
-    """Everything about the target that can be known before any backend is asked."""
-    existing = _nearest_existing(out_dir)
-    fstype = filesystem_type(existing)
-    if fstype not in MEMORY_FILESYSTEMS and not allow_disk:
-        # A missing directory would be created on its parent's filesystem: say both.
-        where = (
-            f"is on a '{fstype}' filesystem"
-            if existing == out_dir.absolute()
-            else f"does not exist, and would be created on {existing}, a '{fstype}' filesystem"
-        )
-        raise WriteFailed(
-            Problem(
-                str(out_dir),
-                f"{where}, not tmpfs/ramfs; refusing to write secrets to disk (mount a tmpfs there, "
-                "choose one with -o (e.g. /dev/shm/NAME), or pass --allow-disk / INITFETCH_ALLOW_DISK=1)",
-            )
-        )
-    problems: list[Problem] = []
-    base = len(os.fsencode(os.path.abspath(out_dir)))
-    for out in outputs:
-        try:
-            _owner_ids(out)
-        except WriteFailed as e:
-            problems.extend(e.problems)
-        # Written relative to directory descriptors, a longer path would work, and then
-        # nothing else (healthcheck, the application) could open it.
-        length = base + 1 + len(out.dest.encode("utf-8", "surrogateescape"))
-        if length >= PATH_MAX:
-            problems.append(
-                Problem(
-                    out.loc,
-                    f"the output directory and this dest make a {length}-byte path; "
-                    f"the limit is {PATH_MAX - 1} (PATH_MAX)",
-                )
-            )
-    if problems:
-        raise WriteFailed(problems)
-
-
-def _owner_ids(out: Output) -> tuple[int, int]:
-    def lookup(value: int | str | None, by_name: Any, kind: str) -> int:
-        if value is None:
-            return -1
-        if isinstance(value, int) or value.isdigit():
-            return int(value)
-        try:
-            return int(by_name(value)[2])
-        except KeyError:
-            raise WriteFailed(Problem(out.loc, f"unknown {kind} {shown(value)} for this dest")) from None
-
-    return lookup(out.owner, pwd.getpwnam, "user"), lookup(out.group, grp.getgrnam, "group")
 
 
 @dataclass
@@ -158,7 +76,7 @@ def write_all(
     try:
         for dest, data in files.items():
             out = by_dest[dest]
-            uid, gid = _owner_ids(out)
+            uid, gid = owner_ids(out)
             try:
                 staged.append(_stage(root, dest, data, out.mode, uid, gid))
             except OSError as e:
@@ -286,42 +204,28 @@ def _sweep(dir_fd: int, names: set[str]) -> None:
             pass
 
 
-def marker_body(resolved: Mapping[str, Any], files: list[str], env: list[str]) -> dict[str, Any]:
-    """The completion marker: which reference resolved to which version; no values."""
-    return {
-        "initfetch": 1,
-        "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": sorted(files),
-        "env": sorted(env),
-        "secrets": dict(resolved),
-    }
-
-
-def healthcheck(out_dir: Path) -> dict[str, Any]:
-    """Raise NotReady unless a complete render is in place; return the marker.
-
-    Any marker, however damaged, and any path, however long, is "not ready" with a
-    reason, never an OSError.
-    """
-    path = out_dir / MARKER_NAME
+def replace_file(out_dir: Path, name: str, data: bytes, mode: int = 0o444) -> None:
+    """Replace one of initfetch's own files in OUT_DIR (the watch status) atomically:
+    a complete temp file, fsynced, renamed over it; never through a symlink."""
+    root = os.open(out_dir, _DIR_FLAGS)
     try:
-        marker = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NotReady(Problem(str(out_dir), "no completed render yet")) from None
-    except (OSError, ValueError) as e:
-        raise NotReady(Problem(str(path), f"unreadable completion marker: {type(e).__name__}")) from None
-    files = marker.get("files", []) if isinstance(marker, dict) else None
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-        raise NotReady(Problem(str(path), "unreadable completion marker: not what initfetch writes"))
-    missing = [f for f in files if not _is_file(out_dir, f)]
-    if missing:
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise NotReady(Problem(str(out_dir), f"rendered files are missing: {shown(missing[0])}{more}"))
-    return dict(marker)
+        staged = _stage(root, name, data, mode, -1, -1)
+        try:
+            os.rename(staged.tmp, name, src_dir_fd=root, dst_dir_fd=root)
+            staged.tmp = ""
+        finally:
+            if staged.tmp:
+                try:
+                    os.unlink(staged.tmp, dir_fd=root)
+                except OSError:
+                    pass
+    finally:
+        os.close(root)
 
 
-def _is_file(out_dir: Path, name: str) -> bool:
+def remove(out_dir: Path, name: str) -> None:
+    """Remove one of initfetch's own files, if it is there."""
     try:
-        return stat.S_ISREG(os.stat(out_dir / name).st_mode)
-    except (OSError, ValueError):  # not there, a name too long, a NUL
-        return False
+        os.unlink(out_dir / name)
+    except OSError:
+        pass
