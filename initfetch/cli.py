@@ -29,7 +29,7 @@ from initfetch.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolv
 # Rendering (Jinja), preview and exec are imported where a command needs them:
 # start-up time is a feature, and a file-only render never loads Jinja.
 if TYPE_CHECKING:
-    from initfetch.render import Rendered
+    from initfetch.templating.render import Rendered
 
 log = logging.getLogger("initfetch")
 
@@ -318,7 +318,7 @@ def _manifest_path(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
 
 def _load(args: argparse.Namespace, env: Mapping[str, str], *, lenient: bool = False) -> Manifest:
     manifest = load_manifest(_manifest_path(args, env), env, lenient_vars=lenient)
-    from initfetch.render import check_templates
+    from initfetch.templating.render import check_templates
 
     problems = check_templates(manifest)
     if not lenient:
@@ -409,7 +409,7 @@ def _render(
 ) -> Rendered:
     """`deadline`: the command's start + --timeout (time.monotonic()); `timeout` names it in errors."""
     meta = {name: r.meta() for name, r in resolution.info.items()}
-    from initfetch.render import render
+    from initfetch.templating.render import render
 
     return render(manifest, resolution.values, meta, redactor, deadline=deadline, timeout=timeout)
 
@@ -490,7 +490,7 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
 def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
 
     from initfetch import preview
-    from initfetch.render import render
+    from initfetch.templating.render import Renderer
 
     if args.timeout <= 0:
         raise BadInput("--timeout must be a positive number of seconds")
@@ -503,9 +503,8 @@ def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Reda
             for n, s in manifest.secrets.items()
         }
         hidden = preview.secret_files(manifest)  # nothing resolved offline, so nothing to scrub with
-        rendered = render(
-            manifest, values, meta, None, deadline=deadline, timeout=args.timeout, hidden=hidden
-        )
+        renderer = Renderer(manifest, None, preview=True, hidden=hidden)
+        rendered = renderer.render(values, meta, deadline=deadline, timeout=args.timeout)
         preview.show(sys.stdout, manifest, rendered, None, None, sizes={})
         return 0
     from initfetch.watch_run import revoke_leases

@@ -12,6 +12,7 @@ paths and classes, never what was read.
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 
@@ -51,12 +52,38 @@ class Loc:
         return f"{self.file}:{self.line}:{self.col}" if self.col else f"{self.file}:{self.line}"
 
 
+class ProblemKind(enum.Enum):
+    """What sort of problem a line reports, so callers filter by kind, never by message text."""
+
+    GENERAL = "general"
+    SYNTAX = "syntax"  # a template does not parse
+    UNDEFINED = "undefined"  # a name, key or secret that does not exist
+    NOT_ALLOWED = "not-allowed"  # the sandbox refuses an attribute or call
+    NESTING = "nesting"  # nested or recursing too deeply
+    MISSING_INCLUDE = "missing-include"  # an include or import names no template
+    LIMIT = "limit"  # output size, memory or time
+    VALUE = "value"  # depends on the values (a decoding, a value no output can hold)
+
+
+# What a render with placeholders can find whatever the values are (`check`).
+STATIC_KINDS = frozenset(
+    {
+        ProblemKind.SYNTAX,
+        ProblemKind.UNDEFINED,
+        ProblemKind.NOT_ALLOWED,
+        ProblemKind.NESTING,
+        ProblemKind.MISSING_INCLUDE,
+    }
+)
+
+
 @dataclass(frozen=True)
 class Problem:
     """One line of a report: where, and what is wrong there."""
 
     where: Loc | str | None
     message: str
+    kind: ProblemKind = ProblemKind.GENERAL
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}" if self.where else self.message

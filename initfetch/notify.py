@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
 from initfetch.execute import Supervisor
-from initfetch.render import Rendered
+from initfetch.templating.render import Rendered
 from initfetch.watch import Change
 from initfetch.watch_config import OnChange
 

@@ -22,11 +22,11 @@ import os
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from initfetch.errors import Problem
+from initfetch.errors import STATIC_KINDS, Problem
 from initfetch.manifest import Manifest
 from initfetch.redact import FIELD_MIN_LEN, Redactor, mask
-from initfetch.render import Rendered, render_each
 from initfetch.resolver import Resolved
+from initfetch.templating.render import Rendered, Renderer, render_each
 
 NOT_SHOWN = "<not shown: this template needs the real values to render; use --reveal>"
 
@@ -66,24 +66,17 @@ def placeholders(manifest: Manifest) -> dict[str, str]:
     return {name: Placeholder(name) for name in manifest.secrets}
 
 
-# What an offline render can find wrong whatever the values are: names and keys that do
-# not exist, what the sandbox refuses, missing includes, syntax, runaway nesting. Other
-# failures (b64decode of a placeholder, say) only mean the template needs real values.
-STATIC_PROBLEMS = ("undefined:", "not allowed in a template", "template syntax error", "nested too deeply")
-
-
 def offline_problems(manifest: Manifest, deadline: float | None, timeout: float | None) -> list[Problem]:
-    """The value-independent problems of rendering `manifest` with placeholders (for `check`)."""
+    """What an offline render with placeholders finds wrong whatever the values are (`check`):
+    names and keys that do not exist, what the sandbox refuses, missing includes, syntax,
+    runaway nesting. Other failures (b64decode of a placeholder, say) only mean the template
+    needs real values."""
     meta = {
         n: Resolved(n, s.ref_text, s.ref_text.partition(":")[0], "offline").meta()
         for n, s in manifest.secrets.items()
     }
     attempt = render_each(manifest, placeholders(manifest), meta, None, deadline=deadline, timeout=timeout)
-    return [
-        p
-        for p in attempt.problems
-        if any(tag in p.message for tag in STATIC_PROBLEMS) or "not found (templates are read" in p.message
-    ]
+    return [p for p in attempt.problems if p.kind in STATIC_KINDS]
 
 
 def shadow(value: Any, label: str) -> Any:
@@ -114,7 +107,8 @@ def masked(
     """What to show for a masked preview of `real`: the shadow render, or masked lines,
     scrubbed through `redactor`."""
     shadows = {name: shadow(value, name) for name, value in values.items()}
-    attempt = render_each(manifest, shadows, meta, None, deadline=deadline, hidden=secret_files(manifest))
+    renderer = Renderer(manifest, None, preview=True, hidden=secret_files(manifest))
+    attempt = renderer.attempt(shadows, meta, deadline=deadline)
     files = dict(attempt.rendered.files)
     for dest in attempt.failed & set(real.files):
         # Nothing selected from the real render is shown: even which literal lines

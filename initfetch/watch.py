@@ -37,8 +37,8 @@ from initfetch.pacing import AdaptiveLimit
 from initfetch.providers.base import FetchContext, Lease, Provider
 from initfetch.redact import Redactor
 from initfetch.reference import DocKey
-from initfetch.render import Rendered, render
 from initfetch.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolver
+from initfetch.templating.render import Rendered, render
 from initfetch.watch_config import WatchConfig
 
 log = logging.getLogger("initfetch.watch")

@@ -26,8 +26,8 @@ from initfetch.manifest import Manifest
 from initfetch.notify import CommandNotifier, ExecNotifier
 from initfetch.providers.base import FetchContext, Provider
 from initfetch.redact import Redactor
-from initfetch.render import Rendered
 from initfetch.resolver import Resolution, Resolved
+from initfetch.templating.render import Rendered
 from initfetch.watch import Watcher
 from initfetch.watch_config import WatchConfig
 

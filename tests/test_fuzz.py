@@ -33,7 +33,7 @@ from initfetch.errors import BadInput
 from initfetch.manifest import load_manifest
 from initfetch.redact import Redactor
 from initfetch.reference import RefSyntaxError, expand_vars, parse
-from initfetch.render import render
+from initfetch.templating.render import render
 from tests.helpers import clean_env, run_cli, write
 
 # Examples per fuzz target: the fixed budget (about 30-40 s on a CI runner in total).

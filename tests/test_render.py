@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from initfetch.redact import Redactor
-from initfetch.sandbox import environment
+from initfetch.templating.sandbox import environment
 
 NASTY = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30

@@ -134,7 +134,7 @@ def test_a_template_that_stops_rendering_keeps_the_last_good_render(project: Pat
 def test_values_never_reach_the_log(project: Path, caplog: pytest.LogCaptureFixture) -> None:
     write(project / "src/a", CANARY)
     clock = Clock()
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="initfetch")  # whatever an in-process CLI run left
     watcher, changes = start_watcher(project, MANIFEST, {}, config(10), clock=clock)
     write(project / "src/a", CANARY2)
     clock.advance(12)

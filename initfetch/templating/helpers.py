@@ -1,0 +1,81 @@
+"""The filters templates use to write values into configs (JSON, YAML, base64, shell,
+dotenv), and how a derived value stays masked.
+
+A filter that derives a new string from a secret (base64, quoting) registers its
+output with the redactor, so logs and a masked preview hide the derived form too.
+In a preview's render of placeholders, an encoder whose output does not show its
+input gives a marked placeholder (`<secret:tls_key|b64>`) instead of the base64 of
+the placeholder text, which would look like a leaked value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import jinja2
+
+from initfetch.redact import Redactor, mask
+from initfetch.templating.encoders import (
+    b64decode,
+    b64encode,
+    dotenv_quote,
+    shell_quote,
+    to_json,
+    to_yaml,
+)
+
+# Encoders whose output does not show their input (quoting ones do): in a preview, applied
+# to a placeholder, they give a marked placeholder such as <secret:tls_key|b64>, not the
+# base64 of "<secret:tls_key>", which would look like a leaked value. Decoders stay as
+# they are: decoding a placeholder fails, so a template that needs real content is hidden.
+TRANSFORMING = frozenset({"b64"})
+
+
+def _is_placeholder(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("<secret:") and value.endswith(">")
+
+
+def add_filters(env: jinja2.Environment, redactor: Redactor | None, preview: bool) -> None:
+    """The value filters, wrapped so derived values are registered (and, in a preview, marked)."""
+
+    def derived(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
+        def wrapper(value: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(value, jinja2.Undefined):
+                value._fail_with_undefined_error()  # the undefined name, not a TypeError
+            if preview and tag in TRANSFORMING and _is_placeholder(value):
+                # base64 of "<secret:x>" would look like a leaked value: say what it stands for.
+                return mask(f"{str(value)[len('<secret:') : -1]}|{tag}")
+            out = fn(value, *args, **kwargs)
+            # Output that still contains the input verbatim (quoting) is masked through the input.
+            if redactor is not None and not (
+                isinstance(value, str) and isinstance(out, str) and value in out
+            ):
+                label = redactor.label_of(value) if isinstance(value, str) else None
+                if label is not None or _contains_secret(redactor, value):
+                    redactor.add(out, f"{label or 'derived'}|{tag}")
+            return out
+
+        return wrapper
+
+    filters: dict[str, tuple[Callable[..., Any], str]] = {
+        "tojson": (to_json, "json"),
+        "json": (to_json, "json"),
+        "toyaml": (to_yaml, "yaml"),
+        "b64encode": (b64encode, "b64"),
+        "b64decode": (b64decode, "b64decode"),
+        "fromjson": (json.loads, "fromjson"),
+        "shquote": (shell_quote, "sh"),
+        "dotenv": (dotenv_quote, "dotenv"),
+    }
+    for name, (fn, tag) in filters.items():
+        env.filters[name] = derived(fn, tag)
+
+
+def _contains_secret(redactor: Redactor, value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_contains_secret(redactor, v) for v in value.values())
+    if isinstance(value, list):
+        return any(_contains_secret(redactor, v) for v in value)
+    return (isinstance(value, str) and redactor.label_of(value) is not None) or isinstance(value, bytes)
