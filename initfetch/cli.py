@@ -466,7 +466,7 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
         return cannot
     path = _manifest_path(args, env)
     if args.manifest is None and not env.get("INITFETCH_MANIFEST") and not path.exists():
-        from initfetch.zeroconf import manifest_from_env  # the wrapper mode, without a manifest
+        from initfetch.manifest.zeroconf import manifest_from_env  # the wrapper mode, without a manifest
 
         manifest = manifest_from_env(env, Path.cwd())
         if not manifest.secrets:
@@ -552,8 +552,8 @@ def cmd_check(args: argparse.Namespace, env: Mapping[str, str], redactor: Redact
 
 
 def cmd_healthcheck(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    from initfetch.manifest.watch import parse_duration
     from initfetch.outdir import health
-    from initfetch.watch_config import parse_duration
 
     max_stale = None
     if args.max_stale is not None:
@@ -567,7 +567,7 @@ def cmd_healthcheck(args: argparse.Namespace, env: Mapping[str, str], redactor: 
 
 
 def cmd_init(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
-    from initfetch.starter import write_starter
+    from initfetch.manifest.starter import write_starter
 
     written = write_starter(Path(args.dir))
     for path in written:

@@ -16,9 +16,9 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
 from initfetch.execute import Supervisor
+from initfetch.manifest.watch import OnChange
 from initfetch.templating.render import Rendered
 from initfetch.watch import Change
-from initfetch.watch_config import OnChange
 
 log = logging.getLogger("initfetch.notify")
 

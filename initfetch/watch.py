@@ -30,6 +30,7 @@ from initfetch import schedule as sched
 from initfetch import watch_status
 from initfetch.errors import InitfetchError, SecretError
 from initfetch.manifest import Manifest
+from initfetch.manifest.watch import WatchConfig
 from initfetch.outdir import marker as outdir_marker
 from initfetch.outdir import writer
 from initfetch.outdir.wipe import wipe_files
@@ -39,7 +40,6 @@ from initfetch.redact import Redactor
 from initfetch.reference import DocKey
 from initfetch.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolver
 from initfetch.templating.render import Rendered, render
-from initfetch.watch_config import WatchConfig
 
 log = logging.getLogger("initfetch.watch")
 

@@ -23,13 +23,13 @@ from types import FrameType
 from initfetch import execute
 from initfetch.errors import SecretError
 from initfetch.manifest import Manifest
+from initfetch.manifest.watch import WatchConfig
 from initfetch.notify import CommandNotifier, ExecNotifier
 from initfetch.providers.base import FetchContext, Provider
 from initfetch.redact import Redactor
 from initfetch.resolver import Resolution, Resolved
 from initfetch.templating.render import Rendered
 from initfetch.watch import Watcher
-from initfetch.watch_config import WatchConfig
 
 log = logging.getLogger("initfetch.watch")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from initfetch.errors import NotReady
+from initfetch.manifest.watch import WatchConfig
 from initfetch.outdir import health, names
-from initfetch.watch_config import WatchConfig
 from tests.helpers import CANARY, CANARY2, assert_no_canary, write
 from tests.watch_helpers import Clock, start_watcher, wait_until
 

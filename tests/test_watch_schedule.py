@@ -8,7 +8,7 @@ import pytest
 
 from initfetch import schedule as sched
 from initfetch.errors import Loc
-from initfetch.watch_config import OnChange, WatchConfig, parse, parse_duration, signal_number
+from initfetch.manifest.watch import OnChange, WatchConfig, parse, parse_duration, signal_number
 
 
 def fixed(value: float = 0.5) -> sched.Schedule:

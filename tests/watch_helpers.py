@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from initfetch.manifest import load_manifest
+from initfetch.manifest.watch import WatchConfig
 from initfetch.outdir import marker as outdir_marker
 from initfetch.outdir import writer
 from initfetch.redact import Redactor
 from initfetch.resolver import Resolver
 from initfetch.templating.render import render
 from initfetch.watch import Change, Watcher
-from initfetch.watch_config import WatchConfig
 from tests.helpers import write
 
 

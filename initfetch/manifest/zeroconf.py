@@ -15,7 +15,9 @@ from pathlib import Path
 
 from initfetch.errors import BadInput, Loc, Problem, shown
 from initfetch.limits import Limits
-from initfetch.manifest import ENV_NAME_RE, Manifest, SecretSpec, _Checker, builtin_providers, check_reference
+from initfetch.manifest.checker import Checker, Loading
+from initfetch.manifest.load import builtin_providers, check_reference
+from initfetch.manifest.model import ENV_NAME_RE, Manifest, SecretSpec
 
 PREFIX = "initfetch+"
 
@@ -26,7 +28,8 @@ def manifest_from_env(environ: Mapping[str, str], base_dir: Path) -> Manifest:
     except ValueError as e:
         raise BadInput(Problem(None, str(e))) from None
     manifest = Manifest(path=None, base_dir=base_dir, providers=builtin_providers(base_dir), limits=limits)
-    chk = _Checker("environment")
+    chk = Checker("environment")
+    ctx = Loading(chk, environ, False, base_dir)
     for name in sorted(environ):
         value = environ[name]
         if not value.startswith(PREFIX):
@@ -36,7 +39,7 @@ def manifest_from_env(environ: Mapping[str, str], base_dir: Path) -> Manifest:
             continue
         where = Loc("environment")  # the resolver's message names the variable (the secret)
         text = value[len(PREFIX) :]
-        ref = check_reference(chk, text, where, manifest.providers, environ, False, name)
+        ref = check_reference(ctx, text, where, manifest.providers, name)
         if ref is not None:
             manifest.secrets[name] = SecretSpec(name, ref, text, loc=where)
             manifest.env[name] = ("{{ secrets.%s }}" % name, where)  # noqa: UP031 - a Jinja template

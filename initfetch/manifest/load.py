@@ -1,0 +1,340 @@
+"""Reading and checking a manifest: `load_manifest` reads and validates the whole file and
+raises one `BadInput` listing every problem with its file and line.
+
+Nothing here touches the network; provider classes are loaded only to validate
+their options and references (their SDKs are not imported).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from initfetch import limits as _limits
+from initfetch import providers
+from initfetch.errors import BadInput, Loc, Problem, shown
+from initfetch.limits import Limits
+from initfetch.manifest import watch, yamlsrc
+from initfetch.manifest.checker import Checker, Loading, Quoting, type_name
+from initfetch.manifest.model import (
+    ENV_FROM_KEYS,
+    ENV_NAME_RE,
+    NAME_RE,
+    PROVIDER_KEYS,
+    SECRET_KEYS,
+    TOP_KEYS,
+    EnvFrom,
+    Manifest,
+    ProviderConfig,
+    SecretSpec,
+)
+from initfetch.manifest.outputs import load_outputs
+from initfetch.manifest.yamlsrc import LDict, LList
+from initfetch.reference import Reference, RefSyntaxError, expand_reference, expand_vars
+
+
+def load_manifest(
+    path: Path,
+    environ: Mapping[str, str],
+    *,
+    lenient_vars: bool = False,
+) -> Manifest:
+    """Read and validate a manifest; raise BadInput with every problem found.
+
+    The limits on reading it (size, YAML aliases, depth, values) come from
+    INITFETCH_LIMIT_* only; `manifest.limits` is the `limits:` section with
+    those variables on top.
+    """
+    file = str(path)
+    try:
+        env_limits = Limits().with_env(environ)
+    except ValueError as e:
+        raise BadInput(Problem(None, str(e))) from None
+    text = read_text(path, env_limits.manifest_size)
+    data, problems = yamlsrc.load(text, file, env_limits)
+    if problems and data is None:
+        raise BadInput(problems)
+    base_dir = path.resolve().parent
+    chk = Checker(file)
+    chk.problems.extend(problems)
+    ctx = Loading(chk, environ, lenient_vars, base_dir)
+    manifest = Manifest(path=path, base_dir=base_dir)
+    if not isinstance(data, LDict):
+        chk.add(Loc(file, 1), "the manifest must be a mapping with at least 'version: 1' and 'secrets:'")
+        raise BadInput(chk.problems)
+    chk.keys(data, TOP_KEYS, "the manifest")
+    if type(data.get("version")) is not int or data.get("version") != 1:  # `true == 1` in Python
+        chk.add(data.at("version"), "'version: 1' is required")
+    manifest.limits = _load_limits(chk, data, environ)
+    _load_providers(ctx, data, manifest)
+    _load_secrets(ctx, data, manifest)
+    load_outputs(ctx, data, manifest)
+    _load_env(chk, data, manifest)
+    manifest.watch = watch.parse(Quoting(chk), data)
+    if chk.problems:
+        raise BadInput(chk.problems)
+    return manifest
+
+
+def read_text(path: Path, max_size: int) -> str:
+    """The manifest's text: a regular file of at most `max_size` bytes of UTF-8. Raises BadInput."""
+    file = str(path)
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise BadInput(Problem(file, "manifest not found")) from None
+    except OSError as e:
+        raise BadInput(Problem(file, f"cannot read the manifest: {_os_reason(e)}")) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BadInput(Problem(file, "the manifest is not a regular file (a directory, FIFO or device)"))
+        chunks, size = [], 0
+        while size <= max_size:  # read one byte past the limit to know it is exceeded
+            chunk = os.read(fd, min(1 << 20, max_size + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise BadInput(Problem(file, f"cannot read the manifest: {_os_reason(e)}")) from None
+    finally:
+        os.close(fd)
+    if size > max_size:
+        raise BadInput(Problem(file, _limits.exceeded("manifest_size", max_size)))
+    data = b"".join(chunks)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise BadInput(Problem(Loc(file, line, col), "the manifest is not UTF-8 text")) from None
+
+
+def _os_reason(e: OSError) -> str:
+    return os.strerror(e.errno) if e.errno else type(e).__name__
+
+
+def _load_limits(chk: Checker, data: LDict, environ: Mapping[str, str]) -> Limits:
+    """The `limits:` section (run limits only), with INITFETCH_LIMIT_* variables on top."""
+    section = chk.mapping(data.get("limits"), data.at("limits"), "'limits'")
+    values: dict[str, int] = {}
+    for name, raw in (section or {}).items():
+        assert section is not None
+        where = section.at(name)
+        described = _limits.DESCRIPTIONS.get(name)
+        if described is None:
+            settable = sorted(n for n, (_, in_manifest) in _limits.DESCRIPTIONS.items() if in_manifest)
+            chk.add(where, f"unknown limit {shown(name)} (allowed: {', '.join(settable)})")
+        elif not described[1]:
+            chk.add(
+                where,
+                f"limit {name} applies while the manifest is read, so only {_limits.env_name(name)} sets it",
+            )
+        else:
+            try:
+                values[name] = _limits.parse_value(name, raw)
+            except ValueError as e:
+                chk.add(where, f"limits: {name} {e}")
+    try:
+        return Limits(**values).with_env(environ)
+    except ValueError as e:  # reported once already by load_manifest; kept for other callers
+        chk.add(Loc(chk.file), str(e))
+        return Limits(**values)
+
+
+def builtin_providers(base_dir: Path) -> dict[str, ProviderConfig]:
+    out = {
+        name: ProviderConfig(name, type_name, {}) for name, type_name in providers.BUILTIN_INSTANCES.items()
+    }
+    out["file"].options["base_dir"] = str(base_dir)
+    return out
+
+
+def _expand_option(ctx: Loading, value: Any, where: Loc, what: str) -> Any:
+    """`${VAR}` in provider options too, so one manifest serves every stage."""
+    if isinstance(value, str):
+        try:
+            return expand_vars(value, ctx.environ, lenient=ctx.lenient)
+        except RefSyntaxError as e:
+            ctx.chk.add(where, f"{what}: {e}")
+            return value
+    if isinstance(value, LDict):
+        out = LDict({k: _expand_option(ctx, v, value.at(k), what) for k, v in value.items()})
+        out.loc, out.key_locs = value.loc, value.key_locs
+        return out
+    return value
+
+
+def _load_providers(ctx: Loading, data: LDict, manifest: Manifest) -> None:
+    chk = ctx.chk
+    manifest.providers = builtin_providers(ctx.base_dir)
+    section = chk.mapping(data.get("providers"), data.at("providers"), "'providers'")
+    if section is None:
+        return
+    for name, body in section.items():
+        where = section.at(name)
+        if not re.match(r"^[A-Za-z][A-Za-z0-9_.+-]*$", name) or len(name) > 64:
+            chk.add(
+                where,
+                f"bad provider name {shown(name)} (up to 64 letters, digits, _ . + -; starts with a letter)",
+            )
+            continue
+        conf = chk.mapping(body, where, f"provider '{name}'")
+        if conf is None:
+            chk.add(where, f"provider '{name}' needs at least 'type'")
+            continue
+        type_ = conf.get("type")
+        if not isinstance(type_, str) or type_ not in providers.TYPES:
+            known = ", ".join(sorted(providers.TYPES))
+            got = shown(type_) if isinstance(type_, str) else type_name(type_)
+            chk.add(conf.at("type"), f"provider '{name}': unknown type {got} (known: {known})")
+            continue
+        keep = conf.get("keep_credentials", False)
+        if not isinstance(keep, bool):
+            chk.add(conf.at("keep_credentials"), "keep_credentials must be true or false")
+        options = {}
+        for k, v in conf.items():
+            if k in PROVIDER_KEYS:
+                continue
+            if shown(k).startswith("(not shown"):  # the provider's own message would quote it
+                chk.add(conf.at(k), f"provider '{name}': unknown option {shown(k)}")
+                continue
+            if isinstance(v, datetime.date | bytes):
+                chk.add(conf.at(k), f"provider '{name}': option {k} is {type_name(v)}; quote it")
+                continue
+            options[k] = _expand_option(ctx, v, conf.at(k), f"provider '{name}'")
+        if type_ == "file":
+            options.setdefault("base_dir", str(ctx.base_dir))
+        cls = providers.provider_class(type_)
+        for keypath, message in cls.check_options(options):
+            # a provider's message may quote an option's value: only identifier-like text stays
+            chk.add(_locate(conf, keypath), f"provider '{name}': {yamlsrc.clean_quotes(message)}")
+        manifest.providers[name] = ProviderConfig(name, type_, options, keep is True, where)
+
+
+def _locate(m: Any, keypath: tuple[str, ...]) -> Loc:
+    """The location of a nested key, as deep as it exists."""
+    where: Loc = m.loc
+    for key in keypath:
+        if isinstance(m, LDict) and key in m:
+            where = m.at(key)
+            m = m[key]
+        else:
+            break
+    return where
+
+
+def _load_secrets(ctx: Loading, data: LDict, manifest: Manifest) -> None:
+    chk = ctx.chk
+    section = chk.mapping(data.get("secrets"), data.at("secrets"), "'secrets'")
+    if section is None:
+        return
+    for name, body in section.items():
+        where = section.at(name)
+        if not NAME_RE.match(name) or len(name) > 64:
+            chk.add(
+                where,
+                f"bad secret name {shown(name)} (up to 64 letters, digits and _; templates use secrets.NAME)",
+            )
+            continue
+        optional, default = False, None
+        if isinstance(body, LDict):
+            chk.keys(body, SECRET_KEYS, f"secret '{name}'")
+            ref_text = body.get("ref")
+            optional = body.get("optional", False)
+            if not isinstance(optional, bool):
+                chk.add(body.at("optional"), "optional must be true or false")
+            if "default" in body:
+                default = chk.string(body["default"], body.at("default"), f"secret '{name}': default")
+                optional = True  # a default implies the secret may be absent
+            ref_where = body.at("ref")
+        else:
+            ref_text, ref_where = body, where
+        if not isinstance(ref_text, str):
+            got = "" if ref_text is None else f", not {type_name(ref_text)}; quote it"
+            chk.add(
+                ref_where,
+                f"secret '{name}': 'ref' must be a reference string like vault://secret/app#key{got}",
+            )
+            continue
+        ref = check_reference(ctx, ref_text, ref_where, manifest.providers, f"secret '{name}'")
+        manifest.secrets[name] = SecretSpec(name, ref, ref_text, optional is True, default, where)
+
+
+def check_reference(
+    ctx: Loading, text: str, where: Loc, instances: Mapping[str, ProviderConfig], what: str
+) -> Reference | None:
+    chk = ctx.chk
+    try:
+        ref = expand_reference(text, ctx.environ, lenient=ctx.lenient)
+    except RefSyntaxError as e:
+        chk.add(where, f"{what}: {e}")
+        return None
+    scheme = ref.scheme if ref else text.partition("://")[0]  # a scheme never holds a variable
+    if scheme not in instances:
+        known = ", ".join(sorted(instances))
+        chk.add(where, f"{what}: unknown scheme {shown(scheme)} (providers: {known})")
+        return None
+    if ref is None:
+        return None  # lenient, and a variable is unset: cannot be checked further
+    conf = instances[scheme]
+    problem = providers.provider_class(conf.type).check_reference(ref)
+    if problem:  # it may quote part of the reference: only identifier-like text stays
+        chk.add(where, f"{what}: {yamlsrc.clean_quotes(problem)}")
+    return ref
+
+
+def _load_env(chk: Checker, data: LDict, manifest: Manifest) -> None:
+    section = chk.mapping(data.get("env"), data.at("env"), "'env'")
+    for name, value in (section or {}).items():
+        where = section.at(name) if section is not None else None
+        if not ENV_NAME_RE.match(name):
+            chk.add(where or Loc(chk.file), f"env: {shown(name)} is not a valid variable name")
+        elif not isinstance(value, str):
+            chk.add(
+                where or Loc(chk.file),
+                f"env: {shown(name)} must be a string, not {type_name(value)}; quote it "
+                '(a template like "{{ secrets.x }}")',
+            )
+        else:
+            manifest.env[name] = (value, where)
+    env_from = data.get("env_from")
+    if env_from is None:
+        return
+    if not isinstance(env_from, LList):
+        chk.add(data.at("env_from"), "'env_from' must be a list")
+        return
+    for i, item in enumerate(env_from):
+        entry = chk.mapping(item, env_from.at(i), f"env_from[{i}]")
+        if entry is None:
+            continue
+        chk.keys(entry, ENV_FROM_KEYS, f"env_from[{i}]")
+        secret, prefix = entry.get("secret"), entry.get("prefix", "")
+        if not isinstance(secret, str) or secret not in manifest.secrets:
+            got = shown(secret) if isinstance(secret, str) else type_name(secret)
+            chk.add(entry.at("secret"), f"env_from[{i}]: 'secret' must name a declared secret, got {got}")
+        elif not isinstance(prefix, str) or (prefix and not ENV_NAME_RE.match(prefix)):
+            chk.add(entry.at("prefix"), f"env_from[{i}]: prefix must be a valid variable-name start")
+        else:
+            manifest.env_from.append(EnvFrom(secret, prefix, entry.loc))
+
+
+def missing_sdks(manifest: Manifest) -> list[Problem]:
+    """One problem per provider in use whose client library is not installed."""
+    first_use: dict[str, Loc | None] = {}
+    for spec in manifest.secrets.values():
+        if spec.ref:
+            first_use.setdefault(spec.ref.scheme, spec.loc)
+    out = []
+    for name, used_at in sorted(first_use.items()):
+        conf = manifest.providers[name]
+        message = providers.missing_sdk(conf.type)
+        if message:  # where the instance is declared, else where a built-in one is first used
+            out.append(Problem(conf.loc or used_at, message))
+    return out
