@@ -24,7 +24,7 @@ from initfetch.outdir import marker as outdir_marker
 from initfetch.outdir import writer
 from initfetch.outdir.target import check_target
 from initfetch.redact import Redactor
-from initfetch.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolver
+from initfetch.resolve.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolver
 
 # Rendering (Jinja), preview and exec are imported where a command needs them:
 # start-up time is a feature, and a file-only render never loads Jinja.

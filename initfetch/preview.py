@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from initfetch.errors import STATIC_KINDS, Problem
 from initfetch.manifest import Manifest
 from initfetch.redact import FIELD_MIN_LEN, Redactor, mask
-from initfetch.resolver import Resolved
+from initfetch.resolve.resolver import Resolved
 from initfetch.templating.render import Rendered, Renderer, render_each
 
 NOT_SHOWN = "<not shown: this template needs the real values to render; use --reveal>"

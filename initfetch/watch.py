@@ -34,11 +34,11 @@ from initfetch.manifest.watch import WatchConfig
 from initfetch.outdir import marker as outdir_marker
 from initfetch.outdir import writer
 from initfetch.outdir.wipe import wipe_files
-from initfetch.pacing import AdaptiveLimit
 from initfetch.providers.base import FetchContext, Lease, Provider
 from initfetch.redact import Redactor
 from initfetch.reference import DocKey
-from initfetch.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolver
+from initfetch.resolve.pacing import AdaptiveLimit
+from initfetch.resolve.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolver
 from initfetch.templating.render import Rendered, render
 
 log = logging.getLogger("initfetch.watch")

@@ -27,7 +27,7 @@ from initfetch.manifest.watch import WatchConfig
 from initfetch.notify import CommandNotifier, ExecNotifier
 from initfetch.providers.base import FetchContext, Provider
 from initfetch.redact import Redactor
-from initfetch.resolver import Resolution, Resolved
+from initfetch.resolve.resolver import Resolution, Resolved
 from initfetch.templating.render import Rendered
 from initfetch.watch import Watcher
 

@@ -18,7 +18,7 @@ from initfetch.manifest import load_manifest
 from initfetch.providers.base import Document, FetchContext, Lease, Provider
 from initfetch.redact import Redactor
 from initfetch.reference import DocKey
-from initfetch.resolver import Resolver
+from initfetch.resolve.resolver import Resolver
 from tests.backends.vault_double import TOKEN, VaultDouble
 from tests.backends.vault_double import vault_double as vault_double  # fixture
 from tests.helpers import CANARY, clean_env, run_cli, write

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from initfetch.pacing import MAX_THROTTLE_PAUSE, AdaptiveLimit
+from initfetch.resolve.pacing import MAX_THROTTLE_PAUSE, AdaptiveLimit
 
 
 def test_one_halving_per_generation_and_additive_growth() -> None:

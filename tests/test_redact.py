@@ -14,7 +14,7 @@ from pathlib import Path
 from initfetch.logs import setup
 from initfetch.manifest import load_manifest
 from initfetch.redact import Redactor
-from initfetch.resolver import Resolver
+from initfetch.resolve.resolver import Resolver
 
 
 def test_one_build_per_batch_of_values() -> None:

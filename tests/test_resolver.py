@@ -25,7 +25,8 @@ from initfetch.manifest import load_manifest
 from initfetch.providers.base import Document, FetchContext, Provider
 from initfetch.redact import Redactor
 from initfetch.reference import DocKey
-from initfetch.resolver import Resolver, select_key
+from initfetch.resolve.resolver import Resolver
+from initfetch.resolve.values import select_key
 from tests.helpers import write
 
 

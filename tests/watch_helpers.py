@@ -12,7 +12,7 @@ from initfetch.manifest.watch import WatchConfig
 from initfetch.outdir import marker as outdir_marker
 from initfetch.outdir import writer
 from initfetch.redact import Redactor
-from initfetch.resolver import Resolver
+from initfetch.resolve.resolver import Resolver
 from initfetch.templating.render import render
 from initfetch.watch import Change, Watcher
 from tests.helpers import write

@@ -293,7 +293,7 @@ def open_resolver(tmp_path: Path, manifest: str, environ: Mapping[str, str], tim
     """Write `manifest` as tmp_path/initfetch.yaml and yield a core Resolver for it, closed afterwards."""
     from initfetch.manifest import load_manifest
     from initfetch.redact import Redactor
-    from initfetch.resolver import Resolver
+    from initfetch.resolve.resolver import Resolver
 
     path = tmp_path / "initfetch.yaml"
     path.write_text(manifest)

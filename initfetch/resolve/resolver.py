@@ -1,0 +1,228 @@
+"""Resolve the secrets of a manifest: one read per document, concurrently, retried within
+one deadline, every failure reported together.
+
+References to the same document (same instance, path and version query) are
+served by ONE read: a dynamic Vault credential's username and password must
+come from the same lease, so this is correctness, not only speed. The reads run
+on initfetch.resolve.scheduler; what each reference takes from its document
+(`#key`, optional/default) is decided here, and audited once all values are
+registered with the redactor.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from initfetch import providers
+from initfetch.errors import Problem, ResolveFailed, SecretError, Unavailable
+from initfetch.logs import audit
+from initfetch.manifest import Manifest, SecretSpec
+from initfetch.providers.base import Document, FetchContext, Lease, Provider
+from initfetch.redact import Redactor
+from initfetch.reference import DocKey
+from initfetch.resolve.pacing import AdaptiveLimit
+from initfetch.resolve.scheduler import Unit, run_units
+from initfetch.resolve.values import check_text, select_key
+
+log = logging.getLogger("initfetch.resolver")
+
+OPTIONAL_KINDS = {"not-found", "missing-key"}  # what `optional`/`default` may stand in for
+# Threads for the whole run (`--concurrency`): enough that 300 reads at 20 ms take a
+# handful of round trips. Each instance has its own ceiling on top (`concurrency:`).
+DEFAULT_CONCURRENCY = 64
+
+Group = tuple[str, DocKey]  # (provider instance, document): one read
+
+
+@dataclass
+class Resolved:
+    """Where one secret came from; never its value."""
+
+    name: str
+    ref: str
+    provider: str
+    outcome: str  # ok | default | absent | a SecretError kind
+    version: str | None = None
+    lease: Lease | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    duration_ms: int = 0
+    shared_read: bool = False  # served by a read another reference also used
+
+    def meta(self) -> dict[str, Any]:
+        """What templates see as `meta.<name>`."""
+        lease = self.lease
+        return {
+            "provider": self.provider,
+            "version": self.version,
+            "lease_id": lease.id if lease else None,
+            "lease_duration": lease.duration if lease else None,
+            "renewable": lease.renewable if lease else None,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass
+class Resolution:
+    values: dict[str, Any]
+    info: dict[str, Resolved]
+    instances: dict[str, Provider]
+
+
+class Resolver:
+    """Resolves a manifest's secrets, all or some, as often as asked.
+
+    The provider instances it makes (and their logins) and what pacing learned
+    of each backend are kept between calls, so a watcher resolving a few due
+    secrets again reuses them.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        environ: Mapping[str, str],
+        redactor: Redactor,
+        *,
+        timeout: float = 60.0,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        self.manifest = manifest
+        self.environ = environ
+        self.redactor = redactor
+        self.timeout = timeout
+        self.concurrency = max(1, concurrency)
+        self.instances: dict[str, Provider] = {}
+        self.pacing: dict[str, AdaptiveLimit] = {}
+
+    def instance(self, name: str) -> Provider:
+        inst = self.instances.get(name)
+        if inst is None:
+            conf = self.manifest.providers[name]
+            providers.require_sdk(conf.type)
+            inst = providers.provider_class(conf.type)(name, conf.options, self.environ)
+            self.instances[name] = inst
+        return inst
+
+    def resolve(self, names: Collection[str] | None = None) -> Resolution:
+        """Resolve every secret (or those in `names`); raise ResolveFailed listing every failure."""
+        specs = [
+            s
+            for s in self.manifest.secrets.values()
+            if s.ref is not None and (names is None or s.name in names)
+        ]
+        groups: dict[Group, list[SecretSpec]] = {}
+        for spec in specs:
+            assert spec.ref is not None
+            groups.setdefault((spec.ref.scheme, spec.ref.doc), []).append(spec)
+        ctx = FetchContext(time.monotonic() + self.timeout, max_size=self.manifest.limits.secret_size)
+        units = self._units(groups)
+        for name in {u.instance for u in units}:
+            if name not in self.pacing:
+                self.pacing[name] = AdaptiveLimit(min(self.concurrency, self.instances[name].concurrency))
+        run_units(units, self.instances, self.pacing, ctx, self.concurrency)
+        documents: dict[Group, tuple[Document | SecretError, int]] = {}
+        for unit in units:
+            for doc in unit.docs:
+                result = unit.results.get(doc) or Unavailable(
+                    f"no answer within the {self.timeout:g}s deadline (--timeout)"
+                )
+                documents[(unit.instance, doc)] = (result, unit.ms.get(doc, int(self.timeout * 1000)))
+        return self._select(specs, groups, documents)
+
+    def _units(self, groups: Mapping[Group, list[SecretSpec]]) -> list[Unit]:
+        by_instance: dict[str, list[DocKey]] = {}
+        for instance, doc in groups:
+            by_instance.setdefault(instance, []).append(doc)
+        units: list[Unit] = []
+        for name, docs in by_instance.items():
+            size = max(1, self.instance(name).batch_size)
+            units.extend(Unit(name, docs[i : i + size]) for i in range(0, len(docs), size))
+        return units
+
+    def _select(
+        self,
+        specs: Sequence[SecretSpec],
+        groups: Mapping[Group, list[SecretSpec]],
+        documents: Mapping[Group, tuple[Document | SecretError, int]],
+    ) -> Resolution:
+        values: dict[str, Any] = {}
+        info: dict[str, Resolved] = {}
+        problems: list[Problem] = []
+        kinds: set[str] = set()
+        for spec in specs:
+            assert spec.ref is not None
+            group = (spec.ref.scheme, spec.ref.doc)
+            result, ms = documents[group]
+            resolved = Resolved(
+                spec.name,
+                str(spec.ref),
+                spec.ref.scheme,
+                "ok",
+                duration_ms=ms,
+                shared_read=len(groups[group]) > 1,
+            )
+            error = self._take(spec, result, resolved, values)
+            if error is not None:
+                kinds.add(error.kind)
+                problems.append(Problem(spec.loc, f"{spec.name}: {error.kind}: {spec.ref}: {error}"))
+            info[spec.name] = resolved
+        # Audit only once every value is registered: the redactor then builds its
+        # matcher once for all these lines, not once per value.
+        for spec in specs:
+            self._audit(info[spec.name])
+        if problems:
+            raise ResolveFailed(problems, kinds=kinds)
+        return Resolution(values, info, self.instances)
+
+    def _take(
+        self, spec: SecretSpec, result: Document | SecretError, resolved: Resolved, values: dict[str, Any]
+    ) -> SecretError | None:
+        """What `spec` takes from its document into `values`; the error if it takes nothing."""
+        assert spec.ref is not None
+        try:
+            if isinstance(result, SecretError):
+                raise result
+            resolved.version, resolved.lease, resolved.metadata = (
+                result.version,
+                result.lease,
+                result.metadata,
+            )
+            value = select_key(result.value, spec.ref.key, str(spec.ref)) if spec.ref.key else result.value
+            check_text(value)
+            values[spec.name] = value
+            self.redactor.add(value, spec.name)
+        except SecretError as e:
+            if spec.optional and e.kind in OPTIONAL_KINDS:
+                resolved.outcome = "default" if spec.default is not None else "absent"
+                if spec.default is not None:
+                    values[spec.name] = spec.default
+                return None
+            resolved.outcome = e.kind
+            return e
+        return None
+
+    def _audit(self, resolved: Resolved) -> None:
+        lease = resolved.lease
+        audit(
+            secret=resolved.name,
+            ref=resolved.ref,
+            provider=resolved.provider,
+            type=self.manifest.providers[resolved.provider].type,
+            version=resolved.version,
+            lease_id=lease.id if lease else None,
+            lease_duration=lease.duration if lease else None,
+            renewable=lease.renewable if lease else None,
+            duration_ms=resolved.duration_ms,
+            shared_read=resolved.shared_read,
+            outcome=resolved.outcome,
+        )
+
+    def close(self) -> None:
+        for inst in self.instances.values():
+            try:
+                inst.close()
+            except Exception as e:  # closing must never mask the run's outcome
+                log.debug("closing %s failed: %s", inst.name, type(e).__name__)
