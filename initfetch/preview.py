@@ -22,11 +22,10 @@ import os
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from initfetch.errors import STATIC_KINDS, Problem
 from initfetch.manifest import Manifest
 from initfetch.redact import FIELD_MIN_LEN, Redactor, mask
 from initfetch.resolve.resolver import Resolved
-from initfetch.templating.render import Rendered, Renderer, render_each
+from initfetch.templating.render import Rendered, Renderer
 
 NOT_SHOWN = "<not shown: this template needs the real values to render; use --reveal>"
 
@@ -60,23 +59,6 @@ def secret_files(manifest: Manifest) -> dict[str, str]:
         path = os.path.join(str(conf.options.get("base_dir", ".")), spec.ref.doc.path)
         out[os.path.realpath(path)] = name
     return out
-
-
-def placeholders(manifest: Manifest) -> dict[str, str]:
-    return {name: Placeholder(name) for name in manifest.secrets}
-
-
-def offline_problems(manifest: Manifest, deadline: float | None, timeout: float | None) -> list[Problem]:
-    """What an offline render with placeholders finds wrong whatever the values are (`check`):
-    names and keys that do not exist, what the sandbox refuses, missing includes, syntax,
-    runaway nesting. Other failures (b64decode of a placeholder, say) only mean the template
-    needs real values."""
-    meta = {
-        n: Resolved(n, s.ref_text, s.ref_text.partition(":")[0], "offline").meta()
-        for n, s in manifest.secrets.items()
-    }
-    attempt = render_each(manifest, placeholders(manifest), meta, None, deadline=deadline, timeout=timeout)
-    return [p for p in attempt.problems if p.kind in STATIC_KINDS]
 
 
 def shadow(value: Any, label: str) -> Any:

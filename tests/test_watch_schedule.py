@@ -6,9 +6,9 @@ import signal
 
 import pytest
 
-from initfetch import schedule as sched
 from initfetch.errors import Loc
 from initfetch.manifest.watch import OnChange, WatchConfig, parse, parse_duration, signal_number
+from initfetch.watch import schedule as sched
 
 
 def fixed(value: float = 0.5) -> sched.Schedule:

@@ -18,7 +18,8 @@ import pytest
 import tests.backends.openbao as openbao_backend
 import tests.backends.postgres as postgres_backend
 from initfetch.manifest.watch import OnChange, WatchConfig
-from initfetch.watch import Change, Doc, Watcher
+from initfetch.watch.keeper import Doc
+from initfetch.watch.loop import Change, Watcher
 from tests.backends.openbao import OpenBao
 from tests.backends.postgres import Postgres, configure_database_engine
 from tests.helpers import assert_no_canary

@@ -1,4 +1,4 @@
-"""Building a Watcher the way the CLI does: first render through the core, then watch."""
+"""Building a Watcher the way the CLI does: a first render through the pipeline, then watch."""
 
 from __future__ import annotations
 
@@ -9,12 +9,9 @@ from typing import Any
 
 from initfetch.manifest import load_manifest
 from initfetch.manifest.watch import WatchConfig
-from initfetch.outdir import marker as outdir_marker
-from initfetch.outdir import writer
+from initfetch.pipeline import Pipeline, Settings
 from initfetch.redact import Redactor
-from initfetch.resolve.resolver import Resolver
-from initfetch.templating.render import render
-from initfetch.watch import Change, Watcher
+from initfetch.watch.loop import Change, Watcher
 from tests.helpers import write
 
 
@@ -44,30 +41,14 @@ def start_watcher(
 ) -> tuple[Watcher, list[Change]]:
     path = write(tmp_path / "initfetch.yaml", manifest)
     loaded = load_manifest(path, environ)
-    redactor = Redactor()
-    resolver = Resolver(loaded, environ, redactor, timeout=timeout)
-    resolution = resolver.resolve()
-    meta = {name: r.meta() for name, r in resolution.info.items()}
-    rendered = render(loaded, resolution.values, meta, redactor)
     out = out or tmp_path / "out"
-    marker = outdir_marker.marker_body({}, list(rendered.files), list(rendered.env))
-    writer.write_all(out, rendered.files, loaded.outputs, marker, allow_disk=True)
+    settings = Settings(timeout=timeout, out_dir=out, allow_disk=True)
+    pipeline = Pipeline(loaded, environ, Redactor(), settings)
+    first = pipeline.run()
+    pipeline.write(first.resolution.info, first.rendered)
     changes: list[Change] = []
     kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
-    watcher = Watcher(
-        loaded,
-        environ,
-        redactor,
-        config or WatchConfig(),
-        resolver.instances,
-        resolution,
-        rendered,
-        notify or changes.append,
-        out_dir=out,
-        allow_disk=True,
-        timeout=timeout,
-        **kwargs,
-    )
+    watcher = Watcher(pipeline, first, notify or changes.append, config=config or WatchConfig(), **kwargs)
     return watcher, changes
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from initfetch.execute import Supervisor
 from initfetch.manifest.watch import OnChange
 from initfetch.templating.render import Rendered
-from initfetch.watch import Change
+from initfetch.watch.loop import Change
 
 log = logging.getLogger("initfetch.notify")
 

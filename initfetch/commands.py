@@ -1,0 +1,207 @@
+"""The commands: each runs the pipeline (initfetch.pipeline) in its mode and does one
+thing with the result: write it (render), start the application with it (exec),
+show it (preview), judge it (check), or watch it (render/exec --watch).
+
+Parsing the command line is initfetch.cli's job; turning errors into exit codes too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from initfetch.errors import STATIC_KINDS, BadInput
+from initfetch.manifest import Manifest, default_manifest_path, missing_sdks
+from initfetch.outdir.target import check_target
+from initfetch.pipeline import Mode, Pipeline, Result, Settings, load
+from initfetch.redact import Redactor
+
+log = logging.getLogger("initfetch")
+
+CHECK_RENDER_TIMEOUT = 30.0  # check has no --timeout; its offline render is still bounded
+
+
+def _manifest_path(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
+    return Path(args.manifest) if args.manifest else default_manifest_path(env)
+
+
+def _settings(args: argparse.Namespace, *, writes: bool = True) -> Settings:
+    if args.timeout <= 0:
+        raise BadInput("--timeout must be a positive number of seconds")
+    return Settings(
+        timeout=args.timeout,
+        concurrency=args.concurrency,
+        out_dir=Path(args.out) if writes and getattr(args, "out", None) else None,
+        allow_disk=getattr(args, "allow_disk", False),
+        started=args.started,
+    )
+
+
+def _written(pipeline: Pipeline, result: Result) -> None:
+    written = pipeline.write(result.resolution.info, result.rendered)
+    log.info("wrote %d file(s) and the completion marker to %s", len(written.files), written.out_dir)
+
+
+def cmd_render(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    manifest = load(_manifest_path(args, env), env, Mode.RENDER)
+    check_target(Path(args.out), args.allow_disk, manifest.outputs)  # fail before any backend is asked
+    with Pipeline(manifest, env, redactor, _settings(args)) as pipeline:
+        result = pipeline.run()
+        _written(pipeline, result)
+        if args.watch:  # --watch holds too; --hold alone holds and never refreshes
+            from initfetch.watch.run import Options, render_watch
+
+            opts = Options(revoke_on_exit=args.revoke_on_exit, wipe_on_exit=args.wipe_on_exit)
+            return render_watch(pipeline, result, opts)
+    from initfetch.watch import status
+
+    status.remove(Path(args.out))  # not watched: no earlier watcher's status may speak for it
+    if args.hold:
+        _hold()
+    return 0
+
+
+def _hold() -> None:
+    """Stay up (holding a tmpfs volume mounted for the application) until told to stop."""
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    log.info("render complete; holding until SIGTERM")
+    signum = signal.sigwait(stop)
+    log.info("received %s; exiting", signal.Signals(signum).name)
+
+
+def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise BadInput("exec needs a command: initfetch exec [options] -- CMD ARG...")
+    from initfetch import execute
+
+    cannot = execute.cannot_run(cmd[0], env)  # before any backend is asked for a secret
+    if cannot is not None:
+        return cannot
+    manifest = _exec_manifest(args, env)
+    if manifest.outputs:
+        check_target(Path(args.out), args.allow_disk, manifest.outputs)
+    with Pipeline(manifest, env, redactor, _settings(args, writes=bool(manifest.outputs))) as pipeline:
+        result = pipeline.run()
+        if manifest.outputs:
+            _written(pipeline, result)
+        variables = len(result.rendered.env)
+        if args.watch:
+            from initfetch.watch.run import Options, exec_watch
+
+            log.info(
+                "starting %s with %d variable(s) from the manifest; watching for changes", cmd[0], variables
+            )
+            opts = Options(revoke_on_exit=args.revoke_on_exit, wipe_on_exit=args.wipe_on_exit)
+            return exec_watch(pipeline, result, cmd, opts)
+        child = execute.child_env(env, result.rendered.env, pipeline.credentials(result.resolution))
+    log.info("starting %s with %d variable(s) from the manifest", cmd[0], variables)
+    return execute.supervise(cmd, child) if args.supervise else execute.replace(cmd, child)
+
+
+def _exec_manifest(args: argparse.Namespace, env: Mapping[str, str]) -> Manifest:
+    """The manifest, or without one the wrapper mode's: `initfetch+` references in the environment."""
+    path = _manifest_path(args, env)
+    if args.manifest is not None or env.get("INITFETCH_MANIFEST") or path.exists():
+        return load(path, env, Mode.RENDER)
+    from initfetch.manifest.zeroconf import manifest_from_env
+
+    manifest = manifest_from_env(env, Path.cwd())
+    if not manifest.secrets:
+        log.info("no manifest (%s) and no initfetch+ references in the environment; starting as is", path)
+    return manifest
+
+
+def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    from initfetch import preview
+
+    settings = _settings(args, writes=False)
+    mode = Mode.PREVIEW_OFFLINE if args.offline else Mode.PREVIEW
+    manifest = load(_manifest_path(args, env), env, mode)
+    with Pipeline(manifest, env, redactor, settings, mode) as pipeline:
+        result = pipeline.run()  # the real render must succeed too
+        if args.offline:
+            preview.show(sys.stdout, manifest, result.rendered, None, None, sizes={})
+            return 0
+        resolution, rendered = result.resolution, result.rendered
+        sizes = None
+        if not args.reveal:
+            meta = {name: r.meta() for name, r in resolution.info.items()}
+            sizes = {dest: len(data) for dest, data in rendered.files.items()}
+            rendered = preview.masked(
+                manifest, resolution.values, meta, rendered, redactor, settings.deadline
+            )
+        preview.show(sys.stdout, manifest, rendered, resolution.info, redactor, sizes=sizes)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    manifest = load(_manifest_path(args, env), env, Mode.CHECK)
+    # Everything an offline render can find, with placeholders (no value, no backend).
+    with Pipeline(manifest, env, redactor, Settings(timeout=CHECK_RENDER_TIMEOUT), Mode.CHECK) as pipeline:
+        placeholders = pipeline.resolve()
+        attempt = pipeline.attempt(
+            placeholders.values, placeholders.info, time.monotonic() + CHECK_RENDER_TIMEOUT
+        )
+    problems = [p for p in attempt.problems if p.kind in STATIC_KINDS]
+    if problems:
+        raise BadInput(problems, headline="templates failed to render")
+    for problem in missing_sdks(manifest):
+        log.warning("%s", problem)
+    unexpanded = [s.name for s in manifest.secrets.values() if s.ref is None]
+    if unexpanded:
+        log.warning("not checked beyond syntax (unset variables): %s", ", ".join(unexpanded))
+    print(
+        f"ok: {manifest.path}: {len(manifest.secrets)} secret(s), {len(manifest.outputs)} file(s), "
+        f"{len(manifest.env)} env variable(s)"
+    )
+    return 0
+
+
+def cmd_healthcheck(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    from initfetch.manifest.watch import parse_duration
+    from initfetch.outdir import health
+
+    max_stale = None
+    if args.max_stale is not None:
+        try:
+            max_stale = parse_duration(args.max_stale)
+        except ValueError as e:
+            raise BadInput(f"--max-stale (INITFETCH_MAX_STALE) {e}") from None
+    marker = health.healthcheck(Path(args.out))
+    health.check(Path(args.out), marker, max_stale)
+    return 0
+
+
+def cmd_init(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    from initfetch.manifest.starter import write_starter
+
+    written = write_starter(Path(args.dir))
+    for path in written:
+        print(f"wrote {path}")
+    manifest = written[0]
+    print(
+        "next:\n"
+        f"  initfetch check -m {manifest}\n"
+        f"  initfetch preview -m {manifest}\n"
+        f"  initfetch render -m {manifest} -o /dev/shm/initfetch-demo"
+    )
+    return 0
+
+
+COMMANDS = {
+    "render": cmd_render,
+    "exec": cmd_exec,
+    "preview": cmd_preview,
+    "check": cmd_check,
+    "healthcheck": cmd_healthcheck,
+    "init": cmd_init,
+}
