@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
 from initfetch import __version__
@@ -75,84 +75,114 @@ EXAMPLES = {
 }
 
 
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    def logging_options(defaults: bool) -> _Parser:
-        """--log-format/--log-level, on the main parser (with the defaults) and on every command.
+def _group(build: Callable[[_Parser], object]) -> _Parser:
+    """A parent parser holding one group of options."""
+    group = _Parser(add_help=False)
+    build(group)
+    return group
 
-        On the commands the default is SUPPRESS: a value given before the command
-        (`initfetch --log-level error render`) is not overwritten by a default after it.
-        """
-        group = _Parser(add_help=False)
-        group.add_argument(
+
+def _logging_options(env: Mapping[str, str], defaults: bool) -> _Parser:
+    """--log-format/--log-level, on the main parser (with the defaults) and on every command.
+
+    On the commands the default is SUPPRESS: a value given before the command
+    (`initfetch --log-level error render`) is not overwritten by a default after it.
+    """
+
+    def build(g: _Parser) -> None:
+        g.add_argument(
             "--log-format",
             choices=LOG_FORMATS,
             default=env.get("INITFETCH_LOG_FORMAT", "text") if defaults else argparse.SUPPRESS,
             help="text or JSON lines on stderr [$INITFETCH_LOG_FORMAT, text]",
         )
-        group.add_argument(
+        g.add_argument(
             "--log-level",
             choices=LOG_LEVELS,
             default=env.get("INITFETCH_LOG_LEVEL", "info") if defaults else argparse.SUPPRESS,
             help="console level; debug also prints the audit records [$INITFETCH_LOG_LEVEL, info]",
         )
-        return group
 
-    def audit_option(defaults: bool) -> _Parser:
-        group = _Parser(add_help=False)
-        group.add_argument(
+    return _group(build)
+
+
+def _audit_option(env: Mapping[str, str], defaults: bool) -> _Parser:
+    return _group(
+        lambda g: g.add_argument(
             "--audit-file",
             default=env.get("INITFETCH_AUDIT_FILE") if defaults else argparse.SUPPRESS,
             help="append one JSON audit record per reference to this file, whatever the log level "
             "[$INITFETCH_AUDIT_FILE]",
         )
-        return group
-
-    manifest = _Parser(add_help=False)
-    manifest.add_argument(
-        "-m", "--manifest", default=None, help="manifest file [$INITFETCH_MANIFEST, else ./initfetch.yaml]"
     )
 
-    fetching = _Parser(add_help=False)
-    fetching.add_argument(
-        "--timeout",
-        type=float,
-        default=env.get("INITFETCH_TIMEOUT", "60"),  # a string default goes through type=
-        help="overall deadline in seconds for resolving and rendering, retries included "
-        "[$INITFETCH_TIMEOUT, 60]",
-    )
-    fetching.add_argument(
-        "--concurrency",
-        type=_positive_int,
-        default=env.get("INITFETCH_CONCURRENCY", str(DEFAULT_CONCURRENCY)),
-        help="maximum backend calls in flight in all; each provider instance also has its own "
-        f"ceiling (concurrency: in the manifest) [$INITFETCH_CONCURRENCY, {DEFAULT_CONCURRENCY}]",
+
+def _manifest_option(env: Mapping[str, str]) -> _Parser:
+    return _group(
+        lambda g: g.add_argument(
+            "-m",
+            "--manifest",
+            default=None,
+            help="manifest file [$INITFETCH_MANIFEST, else ./initfetch.yaml]",
+        )
     )
 
-    out_dir = _Parser(add_help=False)
-    out_dir.add_argument(
-        "-o",
-        "--out",
-        default=env.get("INITFETCH_OUT", "/run/secrets"),
-        help="output directory [$INITFETCH_OUT, /run/secrets]",
-    )
-    writing = _Parser(add_help=False)
-    writing.add_argument(
-        "--allow-disk",
-        action="store_true",
-        default=_flag(env, "INITFETCH_ALLOW_DISK"),
-        help="write even if the output directory is not on tmpfs/ramfs [$INITFETCH_ALLOW_DISK=1]",
+
+def _fetching_options(env: Mapping[str, str]) -> _Parser:
+    def build(g: _Parser) -> None:
+        g.add_argument(
+            "--timeout",
+            type=float,
+            default=env.get("INITFETCH_TIMEOUT", "60"),  # a string default goes through type=
+            help="overall deadline in seconds for resolving and rendering, retries included "
+            "[$INITFETCH_TIMEOUT, 60]",
+        )
+        g.add_argument(
+            "--concurrency",
+            type=_positive_int,
+            default=env.get("INITFETCH_CONCURRENCY", str(DEFAULT_CONCURRENCY)),
+            help="maximum backend calls in flight in all; each provider instance also has its own "
+            f"ceiling (concurrency: in the manifest) [$INITFETCH_CONCURRENCY, {DEFAULT_CONCURRENCY}]",
+        )
+
+    return _group(build)
+
+
+def _out_dir_option(env: Mapping[str, str]) -> _Parser:
+    return _group(
+        lambda g: g.add_argument(
+            "-o",
+            "--out",
+            default=env.get("INITFETCH_OUT", "/run/secrets"),
+            help="output directory [$INITFETCH_OUT, /run/secrets]",
+        )
     )
 
+
+def _writing_option(env: Mapping[str, str]) -> _Parser:
+    return _group(
+        lambda g: g.add_argument(
+            "--allow-disk",
+            action="store_true",
+            default=_flag(env, "INITFETCH_ALLOW_DISK"),
+            help="write even if the output directory is not on tmpfs/ramfs [$INITFETCH_ALLOW_DISK=1]",
+        )
+    )
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="initfetch",
         description="Fetch secrets from Vault/OpenBao, AWS and Azure into tmpfs files or a process "
         "environment: init container, sidecar or ENTRYPOINT wrapper.",
         epilog="Run 'initfetch COMMAND --help' for a command's options and examples.",
-        parents=[logging_options(True), audit_option(True)],
+        parents=[_logging_options(env, True), _audit_option(env, True)],
     )
     parser.add_argument("--version", action="version", version=f"initfetch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
-    logs, audits = logging_options(False), audit_option(False)
+    logs, audits = _logging_options(env, False), _audit_option(env, False)
+    manifest, fetching = _manifest_option(env), _fetching_options(env)
+    out_dir, writing = _out_dir_option(env), _writing_option(env)
 
     def command(name: str, parents: list[_Parser], summary: str) -> argparse.ArgumentParser:
         return sub.add_parser(
@@ -169,47 +199,19 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         [audits, manifest, fetching, out_dir, writing],
         "resolve, render and write every file, then exit (init container) or hold (sidecar)",
     )
-    p.add_argument(
-        "--hold",
-        action="store_true",
-        default=_flag(env, "INITFETCH_HOLD"),
-        help="after writing, stay up until SIGTERM (sidecar; keeps a tmpfs volume mounted) "
-        "[$INITFETCH_HOLD=1]",
-    )
-    _watch_flags(p, env)
-
+    _render_flags(p, env)
     p = command(
         "exec",
         [audits, manifest, fetching, out_dir, writing],
         "resolve and render, then run CMD with the secrets in its environment",
     )
-    p.add_argument(
-        "--supervise",
-        action="store_true",
-        default=_flag(env, "INITFETCH_SUPERVISE"),
-        help="stay as PID 1: forward signals, reap zombies, mirror the exit code [$INITFETCH_SUPERVISE=1]",
-    )
-    _watch_flags(p, env)
-    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARG...")
-
+    _exec_flags(p, env)
     p = command(
         "preview",
         [audits, manifest, fetching],
         "print what would be written and exported, values masked unless --reveal",
     )
-    p.add_argument(
-        "--offline",
-        action="store_true",
-        default=_flag(env, "INITFETCH_OFFLINE"),
-        help="contact nothing; render with placeholders [$INITFETCH_OFFLINE=1]",
-    )
-    p.add_argument(
-        "--reveal",
-        action="store_true",
-        default=_flag(env, "INITFETCH_REVEAL"),
-        help="show real values [$INITFETCH_REVEAL=1]",
-    )
-
+    _preview_flags(p, env)
     command("check", [manifest], "validate the manifest and templates offline, no backend contacted")
     p = command("healthcheck", [out_dir], "exit 0 once a complete render is in place in the output directory")
     p.add_argument(
@@ -224,6 +226,43 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--dir", default=".", help="where to write initfetch.yaml and templates/ [current directory]"
     )
     return parser
+
+
+def _render_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    p.add_argument(
+        "--hold",
+        action="store_true",
+        default=_flag(env, "INITFETCH_HOLD"),
+        help="after writing, stay up until SIGTERM (sidecar; keeps a tmpfs volume mounted) "
+        "[$INITFETCH_HOLD=1]",
+    )
+    _watch_flags(p, env)
+
+
+def _exec_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    p.add_argument(
+        "--supervise",
+        action="store_true",
+        default=_flag(env, "INITFETCH_SUPERVISE"),
+        help="stay as PID 1: forward signals, reap zombies, mirror the exit code [$INITFETCH_SUPERVISE=1]",
+    )
+    _watch_flags(p, env)
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARG...")
+
+
+def _preview_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        default=_flag(env, "INITFETCH_OFFLINE"),
+        help="contact nothing; render with placeholders [$INITFETCH_OFFLINE=1]",
+    )
+    p.add_argument(
+        "--reveal",
+        action="store_true",
+        default=_flag(env, "INITFETCH_REVEAL"),
+        help="show real values [$INITFETCH_REVEAL=1]",
+    )
 
 
 def _watch_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:

@@ -128,18 +128,17 @@ def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Reda
     manifest = load(_manifest_path(args, env), env, mode)
     with Pipeline(manifest, env, redactor, settings, mode) as pipeline:
         result = pipeline.run()  # the real render must succeed too
-        if args.offline:
-            preview.show(sys.stdout, manifest, result.rendered, None, None, sizes={})
-            return 0
         resolution, rendered = result.resolution, result.rendered
+        if args.offline:
+            preview.show(sys.stdout, manifest, rendered, sizes={})
+            preview.show_references(sys.stdout, manifest, resolution.info, None)
+            return 0
         sizes = None
         if not args.reveal:
-            meta = {name: r.meta() for name, r in resolution.info.items()}
             sizes = {dest: len(data) for dest, data in rendered.files.items()}
-            rendered = preview.masked(
-                manifest, resolution.values, meta, rendered, redactor, settings.deadline
-            )
-        preview.show(sys.stdout, manifest, rendered, resolution.info, redactor, sizes=sizes)
+            rendered = preview.masked(manifest, resolution, rendered, redactor, settings.deadline)
+        preview.show(sys.stdout, manifest, rendered, sizes=sizes)
+        preview.show_references(sys.stdout, manifest, resolution.info, redactor)
     return 0
 
 

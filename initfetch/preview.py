@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from initfetch.manifest import Manifest
 from initfetch.redact import FIELD_MIN_LEN, Redactor, mask
-from initfetch.resolve.resolver import Resolved
+from initfetch.resolve.resolver import Resolution, Resolved
 from initfetch.templating.render import Rendered, Renderer
 
 NOT_SHOWN = "<not shown: this template needs the real values to render; use --reveal>"
@@ -79,15 +79,12 @@ def shadow(value: Any, label: str) -> Any:
 
 
 def masked(
-    manifest: Manifest,
-    values: Mapping[str, Any],
-    meta: Mapping[str, Mapping[str, Any]],
-    real: Rendered,
-    redactor: Redactor | None = None,
-    deadline: float | None = None,
+    manifest: Manifest, resolution: Resolution, real: Rendered, redactor: Redactor, deadline: float | None
 ) -> Rendered:
     """What to show for a masked preview of `real`: the shadow render, or masked lines,
     scrubbed through `redactor`."""
+    values = resolution.values
+    meta = {name: r.meta() for name, r in resolution.info.items()}
     shadows = {name: shadow(value, name) for name, value in values.items()}
     renderer = Renderer(manifest, None, preview=True, hidden=secret_files(manifest))
     attempt = renderer.attempt(shadows, meta, deadline=deadline)
@@ -98,8 +95,7 @@ def masked(
         lines = real.files[dest].count(b"\n") + (not real.files[dest].endswith(b"\n"))
         files[dest] = f"{NOT_SHOWN} ({lines} lines)\n".encode()
     env = {name: attempt.rendered.env.get(name, NOT_SHOWN) for name in real.env}
-    shown = Rendered({dest: files[dest] for dest in real.files}, env)
-    return scrubbed(shown, redactor) if redactor is not None else shown
+    return scrubbed(Rendered({dest: files[dest] for dest in real.files}, env), redactor)
 
 
 def scrubbed(rendered: Rendered, redactor: Redactor) -> Rendered:
@@ -113,20 +109,10 @@ def scrubbed(rendered: Rendered, redactor: Redactor) -> Rendered:
     return Rendered(files, {name: redactor.scrub(value) for name, value in rendered.env.items()})
 
 
-def show(
-    out: TextIO,
-    manifest: Manifest,
-    rendered: Rendered,
-    info: Mapping[str, Resolved] | None,
-    redactor: Redactor | None,
-    sizes: Mapping[str, int] | None = None,
-) -> None:
-    """Print files, env and where each reference resolved from.
+def show(out: TextIO, manifest: Manifest, rendered: Rendered, sizes: Mapping[str, int] | None = None) -> None:
+    """Print the files and the environment as given (the caller masks them).
 
     `sizes`: the real render's file sizes, when `rendered` is a masked one ({} offline).
-
-    `rendered` is printed as given (the caller masks it); `redactor` scrubs the
-    reference table, which holds names, references and versions only.
     """
     modes = {o.dest: o.mode for o in manifest.outputs}
     for dest, data in rendered.files.items():
@@ -145,10 +131,17 @@ def show(
         out.write("--- env\n")
         for name, value in rendered.env.items():
             out.write(f"{name}={value}\n")
+
+
+def show_references(
+    out: TextIO, manifest: Manifest, info: Mapping[str, Resolved], redactor: Redactor | None
+) -> None:
+    """Print where each reference resolved from; `redactor` scrubs the table, which holds
+    names, references and versions only."""
     out.write("--- references\n")
     rows: list[list[Any]] = [["SECRET", "REFERENCE", "PROVIDER", "VERSION", "LEASE", "OUTCOME"]]
     for name, spec in manifest.secrets.items():
-        r = info.get(name) if info else None
+        r = info.get(name)
         lease = f"{r.lease.duration}s{' renewable' if r.lease.renewable else ''}" if r and r.lease else "-"
         provider = spec.ref.scheme if spec.ref else spec.ref_text.partition("://")[0]
         rows.append(

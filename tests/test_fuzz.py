@@ -33,7 +33,7 @@ from initfetch.errors import BadInput
 from initfetch.manifest import load_manifest
 from initfetch.redact import Redactor
 from initfetch.reference import RefSyntaxError, expand_vars, parse
-from initfetch.templating.render import render
+from initfetch.templating.render import Renderer
 from tests.helpers import clean_env, run_cli, write
 
 # Examples per fuzz target: the fixed budget (about 30-40 s on a CI runner in total).
@@ -433,7 +433,7 @@ def render_value(manifest: Any, v: Any) -> Any:
     redactor = Redactor()
     if isinstance(v, str | bytes) and v:
         redactor.add(v, "v")
-    return render(manifest, {"v": v}, {"v": {"provider": "env", "version": None}}, redactor)
+    return Renderer(manifest, redactor).render({"v": v}, {"v": {"provider": "env", "version": None}})
 
 
 @budget("template_helpers")

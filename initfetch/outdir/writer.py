@@ -63,57 +63,72 @@ def write_all(
     directory, a permission) removes the temp files and replaces nothing.
     """
     check_target(out_dir, allow_disk, outputs)
-    by_dest = {o.dest: o for o in outputs}
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        root = os.open(out_dir, _DIR_FLAGS)
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        if e.errno in (errno.ELOOP, errno.ENOTDIR):
-            reason = "it is a symlink or not a directory (a symlinked output directory is never followed)"
-        raise WriteFailed(Problem(str(out_dir), f"cannot open the output directory: {reason}")) from None
+    root = _open_root(out_dir)
     staged: list[_Staged] = []
     try:
+        by_dest = {o.dest: o for o in outputs}
         for dest, data in files.items():
             out = by_dest[dest]
-            uid, gid = owner_ids(out)
             try:
-                staged.append(_stage(root, dest, data, out.mode, uid, gid))
+                staged.append(_stage(root, dest, data, out.mode, owner_ids(out)))
             except OSError as e:
                 raise WriteFailed(Problem(str(out_dir / dest), f"cannot write: {_reason(e)}")) from None
         _unlink(root, MARKER_NAME)  # from here on, healthcheck says "not ready" until the marker is back
         try:
-            for item in staged:
-                os.rename(item.tmp, item.name, src_dir_fd=item.dir_fd, dst_dir_fd=item.dir_fd)
-                os.fsync(item.dir_fd)
-                item.tmp = ""
-            body = json.dumps(marker, indent=2, sort_keys=True).encode() + b"\n"
-            marker_file = _stage(root, MARKER_NAME, body, 0o444, -1, -1)
-            staged.append(marker_file)
-            os.rename(marker_file.tmp, MARKER_NAME, src_dir_fd=root, dst_dir_fd=root)
-            marker_file.tmp = ""
-            os.fsync(root)
+            _commit(root, staged, json.dumps(marker, indent=2, sort_keys=True).encode() + b"\n")
         except OSError as e:
             raise WriteFailed(
                 Problem(str(out_dir), f"cannot put the rendered files in place: {_reason(e)}")
             ) from None
         # Only now, with the new render committed: a failing render must not delete anything.
-        swept: set[int] = set()
-        for item in staged:
-            if item.dir_fd not in swept:
-                swept.add(item.dir_fd)
-                names = {i.name for i in staged if i.dir_fd == item.dir_fd}
-                _sweep(item.dir_fd, names)
+        for dir_fd, names in _by_directory(staged).items():
+            _sweep(dir_fd, names)
     finally:
-        for item in staged:
-            if item.tmp:
-                try:
-                    os.unlink(item.tmp, dir_fd=item.dir_fd)
-                except OSError:
-                    pass
-            if item.dir_fd != root:
-                os.close(item.dir_fd)
-        os.close(root)
+        _close(root, staged)
+
+
+def _open_root(out_dir: Path) -> int:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return os.open(out_dir, _DIR_FLAGS)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            reason = "it is a symlink or not a directory (a symlinked output directory is never followed)"
+        raise WriteFailed(Problem(str(out_dir), f"cannot open the output directory: {reason}")) from None
+
+
+def _commit(root: int, staged: list[_Staged], marker: bytes) -> None:
+    """Rename every staged file into place, then write the marker last."""
+    for item in staged:
+        os.rename(item.tmp, item.name, src_dir_fd=item.dir_fd, dst_dir_fd=item.dir_fd)
+        os.fsync(item.dir_fd)
+        item.tmp = ""
+    marker_file = _stage(root, MARKER_NAME, marker, 0o444, (-1, -1))
+    staged.append(marker_file)
+    os.rename(marker_file.tmp, MARKER_NAME, src_dir_fd=root, dst_dir_fd=root)
+    marker_file.tmp = ""
+    os.fsync(root)
+
+
+def _by_directory(staged: list[_Staged]) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = {}
+    for item in staged:
+        out.setdefault(item.dir_fd, set()).add(item.name)
+    return out
+
+
+def _close(root: int, staged: list[_Staged]) -> None:
+    """Remove what was staged and not renamed (a failure), close every directory."""
+    for item in staged:
+        if item.tmp:
+            try:
+                os.unlink(item.tmp, dir_fd=item.dir_fd)
+            except OSError:
+                pass
+        if item.dir_fd != root:
+            os.close(item.dir_fd)
+    os.close(root)
 
 
 def _reason(e: OSError) -> str:
@@ -131,7 +146,7 @@ def _unlink(dir_fd: int, name: str) -> None:
         raise WriteFailed(Problem(name, f"cannot remove the old completion marker: {e.strerror}")) from None
 
 
-def _stage(root: int, dest: str, data: bytes, mode: int, uid: int, gid: int) -> _Staged:
+def _stage(root: int, dest: str, data: bytes, mode: int, owner: tuple[int, int]) -> _Staged:
     """Create `dest`'s directories (never through a link) and a complete temp file beside it."""
     *dirs, name = dest.split("/")
     fd = root
@@ -154,8 +169,8 @@ def _stage(root: int, dest: str, data: bytes, mode: int, uid: int, gid: int) -> 
             view = memoryview(data)
             while view:
                 view = view[os.write(tfd, view) :]
-            if uid != -1 or gid != -1:
-                os.fchown(tfd, uid, gid)
+            if owner != (-1, -1):
+                os.fchown(tfd, *owner)
             os.fchmod(tfd, mode)  # after chown: chown may clear mode bits
             os.fsync(tfd)
         except BaseException:
@@ -209,7 +224,7 @@ def replace_file(out_dir: Path, name: str, data: bytes, mode: int = 0o444) -> No
     a complete temp file, fsynced, renamed over it; never through a symlink."""
     root = os.open(out_dir, _DIR_FLAGS)
     try:
-        staged = _stage(root, name, data, mode, -1, -1)
+        staged = _stage(root, name, data, mode, (-1, -1))
         try:
             os.rename(staged.tmp, name, src_dir_fd=root, dst_dir_fd=root)
             staged.tmp = ""

@@ -337,32 +337,6 @@ def _spread(spread: EnvFrom, value: Any, out: dict[str, str]) -> Problem | None:
     return None
 
 
-def render_each(
-    manifest: Manifest,
-    values: Mapping[str, Any],
-    meta: Mapping[str, Mapping[str, Any]],
-    redactor: Redactor | None,
-    *,
-    deadline: float | None = None,
-    timeout: float | None = None,
-) -> Attempt:
-    """One render of `manifest` with a renderer of its own (tests; callers that render once)."""
-    return Renderer(manifest, redactor).attempt(values, meta, deadline=deadline, timeout=timeout)
-
-
-def render(
-    manifest: Manifest,
-    values: Mapping[str, Any],
-    meta: Mapping[str, Mapping[str, Any]],
-    redactor: Redactor | None,
-    *,
-    deadline: float | None = None,
-    timeout: float | None = None,
-) -> Rendered:
-    """One render of `manifest` that must succeed (raises BadInput), with a renderer of its own."""
-    return Renderer(manifest, redactor).render(values, meta, deadline=deadline, timeout=timeout)
-
-
 def as_bytes(value: Any) -> bytes:
     if isinstance(value, bytes):
         return value

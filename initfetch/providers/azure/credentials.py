@@ -10,7 +10,7 @@ credential is built.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,12 +146,30 @@ def _require(value: str | None, what: str, option: str, env: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class _Ask:
+    """What every credential builder reads: the `auth:` block, the environment, and the keyword
+    arguments shared by every credential (transport settings, authority, tenants)."""
+
+    auth: Mapping[str, Any]
+    environ: Mapping[str, str]
+    kw: dict[str, Any]
+
+    @property
+    def client_id(self) -> str:
+        value = self.auth.get("client_id") or self.environ.get("AZURE_CLIENT_ID")
+        return _require(value, "client id", "client_id", "AZURE_CLIENT_ID")
+
+    @property
+    def tenant_id(self) -> str:
+        value = self.auth.get("tenant_id") or self.environ.get("AZURE_TENANT_ID")
+        return _require(value, "tenant id", "tenant_id", "AZURE_TENANT_ID")
+
+
 def build_credential(
     auth: Mapping[str, Any], environ: Mapping[str, str], transport: Mapping[str, Any]
 ) -> Any:
     """A credential for this `auth:` block. `transport` bounds its HTTP calls (retries, timeouts, CA)."""
-    import azure.identity as ai
-
     method = auth.get("method", "default")
     kw: dict[str, Any] = dict(transport)
     authority = auth.get("authority_host") or environ.get("AZURE_AUTHORITY_HOST")
@@ -162,61 +180,80 @@ def build_credential(
         kw["disable_instance_discovery"] = True
     if auth.get("additionally_allowed_tenants"):
         kw["additionally_allowed_tenants"] = list(auth["additionally_allowed_tenants"])
-    client_id = auth.get("client_id") or environ.get("AZURE_CLIENT_ID")
-    tenant = auth.get("tenant_id") or environ.get("AZURE_TENANT_ID")
+    return _BUILDERS.get(method, _default)(_Ask(auth, environ, kw))
 
-    if method == "managed_identity":
-        # The SDK finds the endpoint itself (IDENTITY_ENDPOINT, MSI_ENDPOINT, IMDS...) in os.environ.
-        return ai.ManagedIdentityCredential(client_id=auth.get("client_id"), **kw)
-    if method == "workload_identity":
-        token_file = auth.get("token_file") or environ.get("AZURE_FEDERATED_TOKEN_FILE")
-        return ai.WorkloadIdentityCredential(
-            tenant_id=_require(tenant, "tenant id", "tenant_id", "AZURE_TENANT_ID"),
-            client_id=_require(client_id, "client id", "client_id", "AZURE_CLIENT_ID"),
-            token_file_path=_require(
-                token_file, "federated token file", "token_file", "AZURE_FEDERATED_TOKEN_FILE"
-            ),
-            **kw,
-        )
-    if method == "client_secret":
-        if "client_secret_file" in auth:
-            secret = _read_file(auth["client_secret_file"], "client_secret_file")
-        else:
-            name = auth.get("client_secret_env", "AZURE_CLIENT_SECRET")
-            secret = _require(environ.get(name), "client secret", "client_secret_file", name)
-        return ai.ClientSecretCredential(
-            _require(tenant, "tenant id", "tenant_id", "AZURE_TENANT_ID"),
-            _require(client_id, "client id", "client_id", "AZURE_CLIENT_ID"),
-            secret,
-            **kw,
-        )
-    if method == "client_certificate":
-        cert = auth.get("certificate_file") or environ.get("AZURE_CLIENT_CERTIFICATE_PATH")
-        cert = _require(cert, "client certificate", "certificate_file", "AZURE_CLIENT_CERTIFICATE_PATH")
-        if "certificate_password_file" in auth:
-            kw["password"] = _read_file(auth["certificate_password_file"], "certificate_password_file")
-        else:
-            password = environ.get(auth.get("certificate_password_env", "AZURE_CLIENT_CERTIFICATE_PASSWORD"))
-            if password:
-                kw["password"] = password
-        try:
-            with open(cert, "rb") as f:
-                kw["certificate_data"] = f.read()
-        except OSError as e:
-            raise AccessDenied(
-                f"cannot read certificate_file {cert}: {e.strerror or type(e).__name__}"
-            ) from None
-        try:
-            return ai.CertificateCredential(
-                _require(tenant, "tenant id", "tenant_id", "AZURE_TENANT_ID"),
-                _require(client_id, "client id", "client_id", "AZURE_CLIENT_ID"),
-                **kw,
-            )
-        except ValueError as e:  # unreadable PEM/PFX or wrong password; the message names no secret
-            raise AccessDenied(f"cannot load certificate_file {cert}: {e}") from None
-    if auth.get("client_id"):
-        kw["managed_identity_client_id"] = auth["client_id"]
-        kw["workload_identity_client_id"] = auth["client_id"]
-    if auth.get("tenant_id"):
-        kw["workload_identity_tenant_id"] = auth["tenant_id"]
+
+def _managed_identity(ask: _Ask) -> Any:
+    import azure.identity as ai
+
+    # The SDK finds the endpoint itself (IDENTITY_ENDPOINT, MSI_ENDPOINT, IMDS...) in os.environ.
+    return ai.ManagedIdentityCredential(client_id=ask.auth.get("client_id"), **ask.kw)
+
+
+def _workload_identity(ask: _Ask) -> Any:
+    import azure.identity as ai
+
+    token_file = ask.auth.get("token_file") or ask.environ.get("AZURE_FEDERATED_TOKEN_FILE")
+    return ai.WorkloadIdentityCredential(
+        tenant_id=ask.tenant_id,
+        client_id=ask.client_id,
+        token_file_path=_require(
+            token_file, "federated token file", "token_file", "AZURE_FEDERATED_TOKEN_FILE"
+        ),
+        **ask.kw,
+    )
+
+
+def _client_secret(ask: _Ask) -> Any:
+    import azure.identity as ai
+
+    if "client_secret_file" in ask.auth:
+        secret = _read_file(ask.auth["client_secret_file"], "client_secret_file")
+    else:
+        name = ask.auth.get("client_secret_env", "AZURE_CLIENT_SECRET")
+        secret = _require(ask.environ.get(name), "client secret", "client_secret_file", name)
+    return ai.ClientSecretCredential(ask.tenant_id, ask.client_id, secret, **ask.kw)
+
+
+def _client_certificate(ask: _Ask) -> Any:
+    import azure.identity as ai
+
+    auth, kw = ask.auth, dict(ask.kw)
+    cert = auth.get("certificate_file") or ask.environ.get("AZURE_CLIENT_CERTIFICATE_PATH")
+    cert = _require(cert, "client certificate", "certificate_file", "AZURE_CLIENT_CERTIFICATE_PATH")
+    if "certificate_password_file" in auth:
+        kw["password"] = _read_file(auth["certificate_password_file"], "certificate_password_file")
+    else:
+        password = ask.environ.get(auth.get("certificate_password_env", "AZURE_CLIENT_CERTIFICATE_PASSWORD"))
+        if password:
+            kw["password"] = password
+    try:
+        with open(cert, "rb") as f:
+            kw["certificate_data"] = f.read()
+    except OSError as e:
+        raise AccessDenied(f"cannot read certificate_file {cert}: {e.strerror or type(e).__name__}") from None
+    tenant, client = ask.tenant_id, ask.client_id
+    try:
+        return ai.CertificateCredential(tenant, client, **kw)
+    except ValueError as e:  # unreadable PEM/PFX or wrong password; the message names no secret
+        raise AccessDenied(f"cannot load certificate_file {cert}: {e}") from None
+
+
+def _default(ask: _Ask) -> Any:
+    import azure.identity as ai
+
+    kw = dict(ask.kw)
+    if ask.auth.get("client_id"):
+        kw["managed_identity_client_id"] = ask.auth["client_id"]
+        kw["workload_identity_client_id"] = ask.auth["client_id"]
+    if ask.auth.get("tenant_id"):
+        kw["workload_identity_tenant_id"] = ask.auth["tenant_id"]
     return ai.DefaultAzureCredential(**kw)
+
+
+_BUILDERS: dict[str, Callable[[_Ask], Any]] = {
+    "managed_identity": _managed_identity,
+    "workload_identity": _workload_identity,
+    "client_secret": _client_secret,
+    "client_certificate": _client_certificate,
+}

@@ -19,7 +19,7 @@ from typing import Any
 from initfetch.errors import AccessDenied, SecretError, Unavailable
 from initfetch.providers.base import FetchContext
 from initfetch.providers.vault.auth import AuthMethod, make_auth
-from initfetch.providers.vault.http import Connection, call_timeout, make_session, mapped_errors
+from initfetch.providers.vault.http import Connection, call_timeout, mapped_errors
 
 log = logging.getLogger("initfetch.providers.vault")
 
@@ -67,6 +67,8 @@ class VaultClient:
         if self._session is None:
             with self._lock:
                 if self._session is None:
+                    from initfetch.providers.vault.session import make_session
+
                     self._session = make_session(self.conn, self.pool_size)
         return self._session
 

@@ -8,9 +8,7 @@ and handed to hvac explicitly. hvac never retries and our adapters use
 
 from __future__ import annotations
 
-import os
 import re
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +22,6 @@ from initfetch.errors import (
     Unavailable,
     retry_after_seconds,
 )
-from initfetch.providers.vault.transport import DirectTransport
 
 DEFAULT_ADDRESS = "https://127.0.0.1:8200"  # the Vault CLI's default
 
@@ -101,88 +98,6 @@ class Connection:
         return self.client_cert
 
 
-def make_session(conn: Connection, pool_size: int = 10) -> Any:
-    """A requests session whose per-call timeout comes from the caller's deadline.
-
-    The connection pool holds `pool_size` connections (the instance's concurrency),
-    so no thread's connection is discarded and re-handshaken.
-    """
-    import requests
-    from requests.adapters import HTTPAdapter
-
-    class ServerNameAdapter(HTTPAdapter):
-        """Sends SNI and checks the certificate for `server_name`, not the address's host."""
-
-        def __init__(self, server_name: str | None) -> None:
-            self._server_name = server_name
-            super().__init__(max_retries=0, pool_connections=4, pool_maxsize=pool_size)
-
-        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-            if self._server_name:
-                kwargs["server_hostname"] = self._server_name
-                kwargs["assert_hostname"] = self._server_name
-            super().init_poolmanager(*args, **kwargs)
-
-    class DeadlineSession(requests.Session):
-        def __init__(self) -> None:
-            super().__init__()
-            self.local = threading.local()
-            self.direct: DirectTransport | None = None
-
-        def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
-            timeout = getattr(self.local, "timeout", None)
-            if timeout is not None:
-                kwargs["timeout"] = timeout()
-            self.local.status = None
-            self.local.retry_after = None
-            response = None
-            if self.direct is not None and not args and set(kwargs) <= _DIRECT_KWARGS:
-                headers = {**self.headers, **(kwargs.get("headers") or {})}
-                response = self.direct.send(
-                    method,
-                    str(url),
-                    headers,
-                    params=kwargs.get("params"),
-                    json=kwargs.get("json"),
-                    data=kwargs.get("data"),
-                    timeout=kwargs.get("timeout"),
-                )
-            if response is None:
-                response = super().request(method, url, *args, **kwargs)
-            self.local.status = response.status_code
-            self.local.retry_after = response.headers.get("Retry-After")
-            return response
-
-    session = DeadlineSession()
-    session.mount("https://", ServerNameAdapter(conn.tls_server_name))
-    session.mount("http://", ServerNameAdapter(None))
-    # What requests would look up in the environment on every call (proxies, a CA bundle
-    # variable, ~/.netrc), looked up once: it is a fifth of the CPU of a Vault read.
-    session.trust_env = False
-    session.proxies = requests.utils.get_environ_proxies(conn.address)
-    session.verify = resolved_verify(conn)
-    session.cert = conn.cert
-    if not session.proxies:  # through a proxy, requests does it all
-        session.direct = DirectTransport(session.verify, conn.cert, conn.tls_server_name, pool_size)
-    return session
-
-
-# The keyword arguments hvac passes to Session.request that the direct transport honours
-# (verify, cert and proxies are the session's own, fixed when it is made).
-_DIRECT_KWARGS = frozenset(
-    {"headers", "params", "json", "data", "timeout", "allow_redirects", "verify", "cert", "proxies"}
-)
-
-
-def resolved_verify(conn: Connection) -> bool | str:
-    """What to verify Vault's certificate with: the connection's CA, else the CA bundle variables
-    requests honours (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE), else requests' default."""
-    verify = conn.verify
-    if verify is True:
-        return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    return verify
-
-
 @contextmanager
 def call_timeout(session: Any, timeout: Callable[[], float]) -> Iterator[None]:
     """Bound every HTTP call this thread makes inside the block by `timeout()`, asked per call."""
@@ -246,40 +161,47 @@ def mapped_errors(
             raise BadReference(message) from None
         raise Unavailable(message) from e
     except hx.VaultError as e:
-        status = getattr(session.local, "status", None)
-        detail = vault_message(e, scrub)
-        suffix = f": {detail}" if detail and detail != "permission denied" else ""
-        retry_after = retry_after_seconds(getattr(session.local, "retry_after", None))
-        if isinstance(e, hx.RateLimitExceeded):
-            raise Unavailable(
-                f"Vault rate limit (429) while {what}{suffix}", throttled=True, retry_after=retry_after
-            ) from None
-        if isinstance(e, hx.VaultDown):
-            raise Unavailable(
-                f"Vault is sealed or in standby (503) while {what}{suffix}",
-                throttled=True,
-                retry_after=retry_after,
-            ) from None
-        if isinstance(e, hx.InternalServerError | hx.BadGateway | hx.VaultNotInitialized) or (
-            isinstance(e, hx.UnexpectedError)
-            and status is not None
-            and (status >= 500 or status in (408, 412))
-        ):
-            raise Unavailable(f"Vault answered {status or 'a server error'} while {what}{suffix}") from None
-        if isinstance(e, hx.Forbidden | hx.Unauthorized):
-            raise AccessDenied(f"permission denied {what}{suffix}") from None
-        if login:
-            raise AccessDenied(f"{what} was refused{suffix}") from None
-        if isinstance(e, hx.InvalidPath):
-            if not_vault(e):
-                raise BadReference(not_vault_message(address, status)) from None
-            raise NotFound(f"nothing found {what}{suffix}") from None
-        if status == 405:
-            raise BadReference(
-                f"Vault does not allow reading this path (405) while {what}: initfetch only reads; "
-                "endpoints that issue on write (pki/issue/..., transit) are not references"
-            ) from None
-        raise BadReference(f"Vault rejected the request {what} ({status or 400}){suffix}") from None
+        raise _from_vault(e, session, what=what, address=address, scrub=scrub, login=login) from None
+
+
+def _from_vault(
+    e: Any, session: Any, *, what: str, address: str, scrub: list[str], login: bool
+) -> SecretError:
+    """The SecretError for an error answer from Vault (hvac's VaultError), by status."""
+    import hvac.exceptions as hx
+
+    status = getattr(session.local, "status", None)
+    detail = vault_message(e, scrub)
+    suffix = f": {detail}" if detail and detail != "permission denied" else ""
+    retry_after = retry_after_seconds(getattr(session.local, "retry_after", None))
+    if isinstance(e, hx.RateLimitExceeded):
+        return Unavailable(
+            f"Vault rate limit (429) while {what}{suffix}", throttled=True, retry_after=retry_after
+        )
+    if isinstance(e, hx.VaultDown):
+        return Unavailable(
+            f"Vault is sealed or in standby (503) while {what}{suffix}",
+            throttled=True,
+            retry_after=retry_after,
+        )
+    if isinstance(e, hx.InternalServerError | hx.BadGateway | hx.VaultNotInitialized) or (
+        isinstance(e, hx.UnexpectedError) and status is not None and (status >= 500 or status in (408, 412))
+    ):
+        return Unavailable(f"Vault answered {status or 'a server error'} while {what}{suffix}")
+    if isinstance(e, hx.Forbidden | hx.Unauthorized):
+        return AccessDenied(f"permission denied {what}{suffix}")
+    if login:
+        return AccessDenied(f"{what} was refused{suffix}")
+    if isinstance(e, hx.InvalidPath):
+        if not_vault(e):
+            return BadReference(not_vault_message(address, status))
+        return NotFound(f"nothing found {what}{suffix}")
+    if status == 405:
+        return BadReference(
+            f"Vault does not allow reading this path (405) while {what}: initfetch only reads; "
+            "endpoints that issue on write (pki/issue/..., transit) are not references"
+        )
+    return BadReference(f"Vault rejected the request {what} ({status or 400}){suffix}")
 
 
 def not_vault(e: Any) -> bool:
