@@ -48,6 +48,12 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").strip().lower() in TRUE
 
 
+def _switch(p: argparse.ArgumentParser, env: Mapping[str, str], flag: str, help: str) -> None:
+    """An on/off flag whose INITFETCH_* twin (`--allow-disk`: INITFETCH_ALLOW_DISK=1) turns it on."""
+    var = "INITFETCH_" + flag.removeprefix("--").upper().replace("-", "_")
+    p.add_argument(flag, action="store_true", default=_flag(env, var), help=f"{help} [${var}=1]")
+
+
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -161,12 +167,7 @@ def _out_dir_option(env: Mapping[str, str]) -> _Parser:
 
 def _writing_option(env: Mapping[str, str]) -> _Parser:
     return _group(
-        lambda g: g.add_argument(
-            "--allow-disk",
-            action="store_true",
-            default=_flag(env, "INITFETCH_ALLOW_DISK"),
-            help="write even if the output directory is not on tmpfs/ramfs [$INITFETCH_ALLOW_DISK=1]",
-        )
+        lambda g: _switch(g, env, "--allow-disk", "write even if the output directory is not on tmpfs/ramfs")
     )
 
 
@@ -229,63 +230,36 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def _render_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    p.add_argument(
-        "--hold",
-        action="store_true",
-        default=_flag(env, "INITFETCH_HOLD"),
-        help="after writing, stay up until SIGTERM (sidecar; keeps a tmpfs volume mounted) "
-        "[$INITFETCH_HOLD=1]",
-    )
+    _switch(p, env, "--hold", "after writing, stay up until SIGTERM (sidecar; keeps a tmpfs volume mounted)")
     _watch_flags(p, env)
 
 
 def _exec_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    p.add_argument(
-        "--supervise",
-        action="store_true",
-        default=_flag(env, "INITFETCH_SUPERVISE"),
-        help="stay as PID 1: forward signals, reap zombies, mirror the exit code [$INITFETCH_SUPERVISE=1]",
-    )
+    _switch(p, env, "--supervise", "stay as PID 1: forward signals, reap zombies, mirror the exit code")
     _watch_flags(p, env)
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARG...")
 
 
 def _preview_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    p.add_argument(
-        "--offline",
-        action="store_true",
-        default=_flag(env, "INITFETCH_OFFLINE"),
-        help="contact nothing; render with placeholders [$INITFETCH_OFFLINE=1]",
-    )
-    p.add_argument(
-        "--reveal",
-        action="store_true",
-        default=_flag(env, "INITFETCH_REVEAL"),
-        help="show real values [$INITFETCH_REVEAL=1]",
-    )
+    _switch(p, env, "--offline", "contact nothing; render with placeholders")
+    _switch(p, env, "--reveal", "show real values")
 
 
 def _watch_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    p.add_argument(
+    _switch(
+        p,
+        env,
         "--watch",
-        action="store_true",
-        default=_flag(env, "INITFETCH_WATCH"),
-        help="stay up and keep the render current: poll static secrets, renew or replace leases, "
-        "apply on_change (exec: supervise the command) [$INITFETCH_WATCH=1]",
+        "stay up and keep the render current: poll static secrets, renew or replace leases, "
+        "apply on_change (exec: supervise the command)",
     )
-    p.add_argument(
+    _switch(
+        p,
+        env,
         "--revoke-on-exit",
-        action="store_true",
-        default=_flag(env, "INITFETCH_REVOKE_ON_EXIT"),
-        help="with --watch: revoke the leases (and the login token) initfetch created when it stops "
-        "[$INITFETCH_REVOKE_ON_EXIT=1]",
+        "with --watch: revoke the leases (and the login token) initfetch created when it stops",
     )
-    p.add_argument(
-        "--wipe-on-exit",
-        action="store_true",
-        default=_flag(env, "INITFETCH_WIPE_ON_EXIT"),
-        help="with --watch: remove the rendered files when it stops [$INITFETCH_WIPE_ON_EXIT=1]",
-    )
+    _switch(p, env, "--wipe-on-exit", "with --watch: remove the rendered files when it stops")
 
 
 class Terminated(BaseException):
