@@ -15,8 +15,10 @@ PACKAGE = REPO / "initfetch"
 
 
 def _named_paths() -> set[str]:
-    # `name/` and `name.py` as they appear in the layout block and the text
-    return set(re.findall(r"\b([a-z_]+/|[a-z_]+\.py)", DOC.split("## Who owns what")[0]))
+    """`name/` and `name.py` as the layout blocks (the fenced ones before "Who owns what") spell them."""
+    head = DOC.split("## Who owns what")[0]
+    blocks = "\n".join(head.split("```")[1::2])
+    return set(re.findall(r"\b([a-z_]+/|[a-z_]+\.py)", blocks))
 
 
 def test_every_name_in_the_layout_exists() -> None:
