@@ -201,6 +201,19 @@ class NotRenewable(SecretError):
     kind = "not-renewable"
 
 
+class LeaseRevoked(NotRenewable):
+    """The backend no longer knows the lease (revoked, expired, or gone with its login)."""
+
+    kind = "lease-revoked"
+
+
+class LoginExpired(AccessDenied):
+    """The backend no longer accepts the login initfetch was given (a revoked or expired
+    token) and the login method cannot log in again: one cause for every secret it denies."""
+
+    kind = "login-expired"
+
+
 class Unavailable(SecretError):
     """Connection refused/reset, timeout, 429, 5xx, sealed or starting server.
 

@@ -13,6 +13,7 @@ without paying for (or requiring) hvac, boto3 or azure.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,13 +50,21 @@ class Document:
 
 @dataclass(frozen=True)
 class FetchContext:
-    """Per-run limits a provider must respect: no single call may outlive the deadline."""
+    """Per-run limits a provider must respect: no single call may outlive the deadline, and
+    nothing waits on once `stop` is set (a watcher told to stop)."""
 
     deadline: float  # time.monotonic() value
     max_size: int = Limits().secret_size  # bytes one document may have (limits.secret_size)
+    stop: threading.Event | None = None
 
     def remaining(self) -> float:
+        if self.stop is not None and self.stop.is_set():
+            return 0.0
         return self.deadline - time.monotonic()
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     def timeout(self, cap: float = 10.0) -> float:
         """A per-request timeout: at most `cap`, never past the deadline."""
@@ -141,6 +150,13 @@ class Provider:
 
     def revoke(self, lease_id: str, ctx: FetchContext) -> None:
         """End a lease a read returned, before its TTL."""
+
+    @property
+    def login_generation(self) -> int:
+        """Counts the logins this instance made. When it changes, every lease the old login
+        held may be gone with it (a revoked Vault token revokes its leases): a watcher reads
+        those secrets again."""
+        return 0
 
     def login_lease(self, ctx: FetchContext) -> Lease | None:
         """The login this instance holds, as a lease to keep alive; None: nothing expires."""
