@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from initfetch import __version__
 from initfetch.commands import COMMANDS
-from initfetch.errors import InitfetchError
+from initfetch.errors import InitfetchError, Terminated
 from initfetch.logs import setup as setup_logging
 from initfetch.redact import Redactor
 from initfetch.resolve.resolver import DEFAULT_CONCURRENCY
@@ -262,16 +262,8 @@ def _watch_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     _switch(p, env, "--wipe-on-exit", "with --watch: remove the rendered files when it stops")
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived while resolving or writing (as PID 1 nothing else would stop us).
-
-    A BaseException, like KeyboardInterrupt, so no `except Exception` on the way
-    (a provider, a template, the logging module) can swallow it.
-    """
-
-
 def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
+    raise Terminated(signum)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -305,9 +297,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         # The reader went away (`initfetch preview | head`): stop quietly, as `cat` would.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
-    except Terminated:
-        log.error("terminated by SIGTERM before finishing; nothing more is written")
-        return 128 + signal.SIGTERM
+    except Terminated as e:
+        name = signal.Signals(e.signum).name
+        log.error("terminated by %s before finishing; nothing more is written", name)
+        return 128 + e.signum
     except Exception as e:  # a bug: say so in one line; a traceback could quote a value
         log.error("internal error: %s: %s (please report this)", type(e).__name__, e)
         return 1

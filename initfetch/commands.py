@@ -30,27 +30,32 @@ def _manifest_path(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
     return Path(args.manifest) if args.manifest else default_manifest_path(env)
 
 
-def _settings(args: argparse.Namespace, *, writes: bool = True) -> Settings:
+def _settings(args: argparse.Namespace, *, writes: bool = True, allow_disk: bool | None = None) -> Settings:
     if args.timeout <= 0:
         raise BadInput("--timeout must be a positive number of seconds")
     return Settings(
         timeout=args.timeout,
         concurrency=args.concurrency,
         out_dir=Path(args.out) if writes and getattr(args, "out", None) else None,
-        allow_disk=getattr(args, "allow_disk", False),
+        allow_disk=getattr(args, "allow_disk", False) if allow_disk is None else allow_disk,
         started=args.started,
     )
 
 
 def _written(pipeline: Pipeline, result: Result) -> None:
-    written = pipeline.write(result.resolution.info, result.rendered)
+    result.written = written = pipeline.write(result.resolution.info, result.rendered)
     log.info("wrote %d file(s) and the completion marker to %s", len(written.files), written.out_dir)
 
 
 def cmd_render(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    if args.watch:
+        from initfetch.watch.run import guard_first_render
+
+        guard_first_render()
     manifest = load(_manifest_path(args, env), env, Mode.RENDER)
     check_target(Path(args.out), args.allow_disk, manifest.outputs)  # fail before any backend is asked
     with Pipeline(manifest, env, redactor, _settings(args)) as pipeline:
+        pipeline.claim("render --watch" if args.watch else "render")
         result = pipeline.run()
         _written(pipeline, result)
         if args.watch:  # --watch holds too; --hold alone holds and never refreshes
@@ -86,12 +91,22 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
     cannot = execute.cannot_run(cmd[0], env)  # before any backend is asked for a secret
     if cannot is not None:
         return cannot
+    if args.watch:
+        from initfetch.watch.run import guard_first_render
+
+        guard_first_render()
     manifest = _exec_manifest(args, env)
     if manifest.outputs:
         check_target(Path(args.out), args.allow_disk, manifest.outputs)
-    with Pipeline(manifest, env, redactor, _settings(args, writes=bool(manifest.outputs))) as pipeline:
+    # exec --watch writes its marker and status even without files, so healthcheck can judge it;
+    # they hold no value, so they may go to disk.
+    writes = bool(manifest.outputs) or args.watch
+    settings = _settings(args, writes=writes, allow_disk=args.allow_disk or not manifest.outputs)
+    with Pipeline(manifest, env, redactor, settings) as pipeline:
+        if writes:
+            pipeline.claim("exec --watch" if args.watch else "exec")
         result = pipeline.run()
-        if manifest.outputs:
+        if writes:
             _written(pipeline, result)
         variables = len(result.rendered.env)
         if args.watch:

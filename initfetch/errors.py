@@ -142,14 +142,27 @@ class ResolveFailed(InitfetchError):
 
     headline = "secrets could not be resolved"
 
-    def __init__(self, problems: list[Problem], *, kinds: set[str]) -> None:
+    def __init__(self, problems: list[Problem], *, failures: dict[str, tuple[str, Problem]]) -> None:
+        """`failures`: each failing secret's class and problem line."""
         super().__init__(problems)
+        self.failures = failures
+        kinds = {kind for kind, _ in failures.values()}
         if BadReference.kind in kinds:
             self.exit_code = EXIT_BAD_INPUT
         elif kinds == {Unavailable.kind}:
             self.exit_code = EXIT_UNAVAILABLE
         else:
             self.exit_code = EXIT_UNRESOLVED
+
+
+class Terminated(BaseException):
+    """A stop signal (SIGTERM; in watch mode also SIGINT, SIGQUIT) arrived while resolving or
+    writing: as PID 1 nothing else would stop us. A BaseException, like KeyboardInterrupt, so
+    no `except Exception` on the way (a provider, a template, logging) can swallow it."""
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 # --- errors providers raise for one document ------------------------------------

@@ -34,6 +34,8 @@ from initfetch.redact import Redactor
 from initfetch.resolve.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolver
 
 if TYPE_CHECKING:
+    from initfetch.outdir.heal import Fingerprint
+    from initfetch.outdir.lock import OutDirLock
     from initfetch.templating.render import Attempt, Rendered, Renderer
 
 log = logging.getLogger("initfetch")
@@ -67,18 +69,20 @@ class Settings:
         return self.started + self.timeout
 
 
-@dataclass
-class Result:
-    """One run of resolve and render."""
-
-    resolution: Resolution
-    rendered: Rendered
-
-
 @dataclass(frozen=True)
 class Written:
     out_dir: Path
     files: list[str]  # the files this write replaced (the marker is always rewritten)
+    prints: dict[str, Fingerprint]  # what the writer put in place, the marker included
+
+
+@dataclass
+class Result:
+    """One run of resolve and render (and, once written, what the write put in place)."""
+
+    resolution: Resolution
+    rendered: Rendered
+    written: Written | None = None
 
 
 def load(path: Path, environ: Mapping[str, str], mode: Mode) -> Manifest:
@@ -118,6 +122,7 @@ class Pipeline:
         )
         self._renderer: Renderer | None = None
         self._resolved: list[Resolution] = []  # PREVIEW: whose leases to revoke at close
+        self._lock: OutDirLock | None = None
 
     def __enter__(self) -> Pipeline:
         return self
@@ -172,10 +177,22 @@ class Pipeline:
             list(rendered.files),
             list(rendered.env),
         )
-        writer.write_all(out_dir, todo, self.manifest.outputs, marker, allow_disk=self.settings.allow_disk)
-        return Written(out_dir, sorted(todo))
+        prints = writer.write_all(
+            out_dir, todo, self.manifest.outputs, marker, allow_disk=self.settings.allow_disk
+        )
+        return Written(out_dir, sorted(todo), prints)
 
     # --- around the stages ---
+
+    def claim(self, holder: str) -> None:
+        """Take OUT_DIR's lock for the pipeline's life: a second writer (a live watcher's
+        directory) is refused with exit 5 before any backend is asked."""
+        from initfetch.outdir.lock import OutDirLock
+
+        assert self.settings.out_dir is not None
+        lock = OutDirLock(self.settings.out_dir)
+        lock.acquire(holder)
+        self._lock = lock
 
     @property
     def renderer(self) -> Renderer:
@@ -227,6 +244,8 @@ class Pipeline:
         finally:
             self._resolved = []
             self.resolver.close()
+            if self._lock is not None:
+                self._lock.release()
 
 
 def _meta(info: Mapping[str, Resolved]) -> dict[str, dict[str, Any]]:

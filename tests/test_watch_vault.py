@@ -59,13 +59,14 @@ class Running:
     def __init__(self, watcher: Watcher) -> None:
         self.watcher = watcher
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=watcher.run, args=(self.stop,), daemon=True)
+        self.thread = threading.Thread(target=watcher.run, daemon=True)
         self.thread.start()
 
     def close(self) -> None:
         if self.stop.is_set():
             return
         self.stop.set()
+        self.watcher.request_stop()
         self.thread.join(30)
         assert not self.thread.is_alive()
         self.watcher.finish(revoke=True, wipe=False)

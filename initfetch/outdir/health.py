@@ -56,26 +56,25 @@ def _is_file(out_dir: Path, name: str) -> bool:
 def check(
     out_dir: Path, marker: Mapping[str, Any], max_stale: float | None, now: float | None = None
 ) -> None:
-    """Raise NotReady when a lease expired unreplaced, or the render is older than `max_stale`."""
+    """Raise NotReady when a lease expired unreplaced, or the render is staler than `max_stale`.
+
+    A watcher's status says when each item falls due and when it last succeeded; the
+    staleness is computed here, from the clock: the time since the last success of
+    everything that is due, whether or not the watcher is still retrying, hangs or died.
+    """
     now = time.time() if now is None else now
     status = _read(out_dir)
-    if status is not None and status.get("expired"):
-        names = ", ".join(str(n) for n in status["expired"])
-        raise NotReady(
-            Problem(str(out_dir), f"a lease expired before it could be renewed or replaced: {names}")
-        )
+    _check_leases(out_dir, status, now)
     if max_stale is None:
         return
-    if status is not None:
-        since = status.get("stale_since")
-        if not isinstance(since, int | float):
-            return  # the watcher confirmed everything at its last check
-        what = "failing since the render was last confirmed"
-    else:
+    if status is None:
         since = _marker_time(marker)
         what = "rendered and never refreshed"
+    else:
+        since = _oldest_due_success(status, now)
+        what = "last confirmed current"
     if since is not None and now - since > max_stale:
-        failing = ", ".join(status.get("failing", [])) if status else ""
+        failing = ", ".join(str(f) for f in status.get("failing", [])) if status else ""
         detail = f" ({failing})" if failing else ""
         raise NotReady(
             Problem(
@@ -86,12 +85,49 @@ def check(
         )
 
 
+def _check_leases(out_dir: Path, status: Mapping[str, Any] | None, now: float) -> None:
+    if status is None:
+        return
+    if status.get("expired"):
+        names = ", ".join(str(n) for n in status["expired"])
+        raise NotReady(
+            Problem(str(out_dir), f"a lease expired before it could be renewed or replaced: {names}")
+        )
+    expires = status.get("expires")
+    if isinstance(expires, int | float) and now >= expires:
+        raise NotReady(
+            Problem(
+                str(out_dir), f"a lease expired {now - expires:.0f}s ago and the watcher has not replaced it"
+            )
+        )
+
+
+def _oldest_due_success(status: Mapping[str, Any], now: float) -> float | None:
+    """The earliest last success among what is due by `now`; None when nothing is due."""
+    if "due" not in status:  # a status of an earlier version: only what was failing counted
+        since = status.get("stale_since")
+        return float(since) if isinstance(since, int | float) else None
+    oks = [
+        float(pair[1])
+        for pair in status["due"]
+        if isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, int | float) for x in pair)
+        if pair[0] <= now
+    ]
+    return min(oks, default=None)
+
+
 def _read(out_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((out_dir / STATUS_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    """The status file, or None. It is rewritten in place: a read that met a write half done
+    is tried again."""
+    for _ in range(3):
+        try:
+            data = json.loads((out_dir / STATUS_NAME).read_bytes())
+        except ValueError:
+            continue
+        except OSError:
+            return None
+        return data if isinstance(data, dict) else None
+    return None
 
 
 def _marker_time(marker: Mapping[str, Any]) -> float | None:

@@ -11,6 +11,7 @@ import re
 
 MARKER_NAME = ".initfetch-ready.json"  # the completion marker, written last
 STATUS_NAME = ".initfetch-watch.json"  # a watcher's status (healthcheck --max-stale)
+LOCK_NAME = ".initfetch-lock"  # one writer per OUT_DIR (lock.py)
 # The writer's temp files: `.initfetch-tmp-` and 24 hex digits, beside their target. Fixed
 # length and not derived from the dest, so any name up to NAME_MAX can be written.
 TEMP_PREFIX = ".initfetch-tmp-"

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from initfetch.errors import Problem, WriteFailed
+from initfetch.outdir.heal import Fingerprint
 from initfetch.outdir.names import LEGACY_TEMP_RE, MARKER_NAME, TEMP_PREFIX, TEMP_RE
 from initfetch.outdir.target import check_target, owner_ids
 
@@ -45,6 +46,8 @@ class _Staged:
     dir_fd: int
     tmp: str
     name: str
+    dest: str = ""
+    fingerprint: Fingerprint | None = None  # the rename keeps it: same inode, mtime, mode
 
 
 def write_all(
@@ -54,8 +57,8 @@ def write_all(
     marker: Mapping[str, Any],
     *,
     allow_disk: bool,
-) -> None:
-    """Write every rendered file, then the marker. Raises WriteFailed.
+) -> dict[str, Fingerprint]:
+    """Write every rendered file, then the marker; return their fingerprints. Raises WriteFailed.
 
     Two phases: every file is first staged complete (written, owned, moded,
     fsynced) as a temp file beside its target; only when all are staged are they
@@ -83,6 +86,7 @@ def write_all(
         # Only now, with the new render committed: a failing render must not delete anything.
         for dir_fd, names in _by_directory(staged).items():
             _sweep(dir_fd, names)
+        return {item.dest: item.fingerprint for item in staged if item.fingerprint is not None}
     finally:
         _close(root, staged)
 
@@ -173,6 +177,7 @@ def _stage(root: int, dest: str, data: bytes, mode: int, owner: tuple[int, int])
                 os.fchown(tfd, *owner)
             os.fchmod(tfd, mode)  # after chown: chown may clear mode bits
             os.fsync(tfd)
+            fingerprint = Fingerprint.of(os.fstat(tfd))
         except BaseException:
             os.unlink(tmp, dir_fd=fd)
             raise
@@ -182,7 +187,7 @@ def _stage(root: int, dest: str, data: bytes, mode: int, owner: tuple[int, int])
         if fd != root:
             os.close(fd)
         raise
-    return _Staged(fd, tmp, name)
+    return _Staged(fd, tmp, name, dest, fingerprint)
 
 
 def _check_replaceable(dir_fd: int, name: str) -> None:
@@ -219,21 +224,31 @@ def _sweep(dir_fd: int, names: set[str]) -> None:
             pass
 
 
-def replace_file(out_dir: Path, name: str, data: bytes, mode: int = 0o444) -> None:
-    """Replace one of initfetch's own files in OUT_DIR (the watch status) atomically:
-    a complete temp file, fsynced, renamed over it; never through a symlink."""
+def create_held(out_dir: Path, name: str, data: bytes, mode: int) -> int:
+    """Put one of initfetch's own files in place atomically (complete temp file, fsync, rename,
+    never through a symlink) and return a descriptor open for rewriting it in place (the
+    watch status: rewriting an existing file needs no new space and no directory permission)."""
     root = os.open(out_dir, _DIR_FLAGS)
+    tmp = TEMP_PREFIX + os.urandom(12).hex()
     try:
-        staged = _stage(root, name, data, mode, (-1, -1))
+        fd = os.open(
+            tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=root
+        )
         try:
-            os.rename(staged.tmp, name, src_dir_fd=root, dst_dir_fd=root)
-            staged.tmp = ""
-        finally:
-            if staged.tmp:
-                try:
-                    os.unlink(staged.tmp, dir_fd=root)
-                except OSError:
-                    pass
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, mode)  # the descriptor stays writable
+            os.fsync(fd)
+            os.rename(tmp, name, src_dir_fd=root, dst_dir_fd=root)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp, dir_fd=root)
+            except OSError:
+                pass
+            raise
+        return fd
     finally:
         os.close(root)
 

@@ -12,6 +12,7 @@ registered with the redactor.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +25,10 @@ from initfetch.manifest import Manifest, SecretSpec
 from initfetch.providers.base import Document, FetchContext, Lease, Provider
 from initfetch.redact import Redactor
 from initfetch.reference import DocKey
+from initfetch.resolve.outage import Outages
 from initfetch.resolve.pacing import AdaptiveLimit
-from initfetch.resolve.scheduler import Unit, run_units
+from initfetch.resolve.pool import WorkerPool
+from initfetch.resolve.scheduler import Fetching, Unit, run_units
 from initfetch.resolve.values import check_text, select_key
 
 log = logging.getLogger("initfetch.resolver")
@@ -96,6 +99,9 @@ class Resolver:
         self.concurrency = max(1, concurrency)
         self.instances: dict[str, Provider] = {}
         self.pacing: dict[str, AdaptiveLimit] = {}
+        self.pool = WorkerPool(self.concurrency)
+        self.outages = Outages()
+        self.stop: threading.Event | None = None  # a watcher's: every wait ends when it is set
 
     def instance(self, name: str) -> Provider:
         inst = self.instances.get(name)
@@ -117,12 +123,13 @@ class Resolver:
         for spec in specs:
             assert spec.ref is not None
             groups.setdefault((spec.ref.scheme, spec.ref.doc), []).append(spec)
-        ctx = FetchContext(time.monotonic() + self.timeout, max_size=self.manifest.limits.secret_size)
+        limit = self.manifest.limits.secret_size
+        ctx = FetchContext(time.monotonic() + self.timeout, max_size=limit, stop=self.stop)
         units = self._units(groups)
         for name in {u.instance for u in units}:
             if name not in self.pacing:
                 self.pacing[name] = AdaptiveLimit(min(self.concurrency, self.instances[name].concurrency))
-        run_units(units, self.instances, self.pacing, ctx, self.concurrency)
+        run_units(units, ctx, Fetching(self.instances, self.pacing, self.pool, self.outages))
         documents: dict[Group, tuple[Document | SecretError, int]] = {}
         for unit in units:
             for doc in unit.docs:
@@ -139,7 +146,9 @@ class Resolver:
         units: list[Unit] = []
         for name, docs in by_instance.items():
             size = max(1, self.instance(name).batch_size)
-            units.extend(Unit(name, docs[i : i + size]) for i in range(0, len(docs), size))
+            for i in range(0, len(docs), size):
+                batch = docs[i : i + size]
+                units.append(Unit(name, batch, counts={d: len(groups[(name, d)]) for d in batch}))
         return units
 
     def _select(
@@ -151,7 +160,7 @@ class Resolver:
         values: dict[str, Any] = {}
         info: dict[str, Resolved] = {}
         problems: list[Problem] = []
-        kinds: set[str] = set()
+        failures: dict[str, tuple[str, Problem]] = {}
         for spec in specs:
             assert spec.ref is not None
             group = (spec.ref.scheme, spec.ref.doc)
@@ -166,15 +175,16 @@ class Resolver:
             )
             error = self._take(spec, result, resolved, values)
             if error is not None:
-                kinds.add(error.kind)
-                problems.append(Problem(spec.loc, f"{spec.name}: {error.kind}: {spec.ref}: {error}"))
+                problem = Problem(spec.loc, f"{spec.name}: {error.kind}: {spec.ref}: {error}")
+                problems.append(problem)
+                failures[spec.name] = (error.kind, problem)
             info[spec.name] = resolved
         # Audit only once every value is registered: the redactor then builds its
         # matcher once for all these lines, not once per value.
         for spec in specs:
             self._audit(info[spec.name])
         if problems:
-            raise ResolveFailed(problems, kinds=kinds)
+            raise ResolveFailed(problems, failures=failures)
         return Resolution(values, info, self.instances)
 
     def _take(

@@ -25,7 +25,9 @@ from initfetch.errors import SecretError, TooLarge, Unavailable
 from initfetch.limits import exceeded
 from initfetch.providers.base import Document, FetchContext, Provider
 from initfetch.reference import DocKey
+from initfetch.resolve.outage import Outages
 from initfetch.resolve.pacing import AdaptiveLimit
+from initfetch.resolve.pool import WorkerPool
 from initfetch.resolve.values import document_size
 
 log = logging.getLogger("initfetch.resolver")
@@ -46,20 +48,25 @@ class Unit:
     pending: list[DocKey] = field(default_factory=list)  # still to read (all, then the transient ones)
     attempts: int = 0
     started: float = 0.0
+    counts: dict[DocKey, int] = field(default_factory=dict)  # secrets each document serves
 
 
-def run_units(
-    units: list[Unit],
-    instances: Mapping[str, Provider],
-    pacing: Mapping[str, AdaptiveLimit],
-    ctx: FetchContext,
-    threads: int,
-) -> None:
-    """Run every unit to a result (or the deadline) on `threads` daemon threads."""
-    scheduler = _Scheduler(units, pacing, ctx, ctx.deadline - time.monotonic())
-    for i in range(min(threads, len(units))):
-        # Daemon threads: a hung backend must not keep the process past the deadline.
-        threading.Thread(target=scheduler.work, args=(instances,), name=f"fetch-{i}", daemon=True).start()
+@dataclass
+class Fetching:
+    """What a resolver keeps from one resolution to the next: the provider instances (their
+    logins), what pacing learned of each backend, its threads, and the story of an outage."""
+
+    instances: dict[str, Provider]
+    pacing: dict[str, AdaptiveLimit]
+    pool: WorkerPool
+    outages: Outages
+
+
+def run_units(units: list[Unit], ctx: FetchContext, fetching: Fetching) -> None:
+    """Run every unit to a result, or until the deadline or the stop event."""
+    scheduler = _Scheduler(units, fetching.pacing, ctx, fetching.outages)
+    for _ in range(min(fetching.pool.size, len(units))):
+        fetching.pool.submit(lambda: scheduler.work(fetching.instances))
     scheduler.wait()
 
 
@@ -91,11 +98,14 @@ class _Scheduler:
     """
 
     def __init__(
-        self, units: list[Unit], pacing: Mapping[str, AdaptiveLimit], ctx: FetchContext, timeout: float
+        self, units: list[Unit], pacing: Mapping[str, AdaptiveLimit], ctx: FetchContext, outages: Outages
     ) -> None:
         self.ctx = ctx
         self.pacing = pacing
-        self.reserve = last_attempt_reserve(timeout)
+        self.outages = outages
+        self.reserve = last_attempt_reserve(ctx.deadline - time.monotonic())
+        self.waiting: dict[str, int] = {}  # secrets waiting for a retry, per instance
+        self.failing: set[tuple[str, DocKey]] = set()
         self.ready: dict[str, deque[Unit]] = {}
         for unit in units:
             unit.pending = list(unit.docs)
@@ -105,9 +115,14 @@ class _Scheduler:
         self.cond = threading.Condition()
 
     def wait(self) -> None:
+        """Until every unit is done, the deadline has passed, or the stop event is set."""
+        stop = self.ctx.stop
         with self.cond:
-            while self.open and self.ctx.remaining() > -0.5:
-                self.cond.wait(max(0.01, self.ctx.remaining() + 0.5))
+            while self.open and not self.ctx.stopped and self.ctx.deadline - time.monotonic() > -0.5:
+                left = self.ctx.deadline - time.monotonic() + 0.5
+                # With a stop event, look at it every 0.1 s: a signal cannot notify this condition.
+                self.cond.wait(max(0.01, min(left, 0.1) if stop is not None else left))
+            self.cond.notify_all()  # workers waiting for a retry see the stop (or the deadline) at once
 
     def work(self, instances: Mapping[str, Provider]) -> None:
         while (taken := self._take()) is not None:
@@ -163,16 +178,33 @@ class _Scheduler:
                 self.open -= 1
             else:
                 heapq.heappush(self.delayed, (now + delay, id(unit), unit))
+            answered = len(unit.pending) < len(got)
+            waiting = self._count_waiting(unit, got, retrying=delay is not None)
             self.cond.notify_all()
-        if delay is not None:
+        if answered:
+            self.outages.answered(unit.instance)
+        if delay is not None and not self.ctx.stopped:
             reason = unit.results.get(unit.pending[0])
-            log.info(
-                "waiting for %s (%s); attempt %d, retrying in %.1fs",
-                unit.instance,
-                reason,
-                unit.attempts,
-                delay,
-            )
+            self.outages.failing(unit.instance, f"{reason}", waiting, delay, self._until())
+
+    def _count_waiting(self, unit: Unit, got: Mapping[DocKey, Document | SecretError], retrying: bool) -> int:
+        """Secrets of this unit's instance waiting for a retry, with this unit's news (under the lock)."""
+        pending = set(unit.pending) if retrying else set()
+        count = self.waiting.get(unit.instance, 0)
+        for doc in got:
+            key = (unit.instance, doc)
+            if doc in pending and key not in self.failing:
+                self.failing.add(key)
+                count += unit.counts.get(doc, 1)
+            elif doc not in pending and key in self.failing:
+                self.failing.discard(key)
+                count -= unit.counts.get(doc, 1)
+        self.waiting[unit.instance] = count
+        return count
+
+    def _until(self) -> str:
+        wall = time.time() + (self.ctx.deadline - time.monotonic())
+        return "until " + time.strftime("%H:%M:%SZ", time.gmtime(wall)) + ", the --timeout deadline"
 
     def _retry_delay(self, unit: Unit, throttle: Unavailable | None, now: float) -> float | None:
         """Seconds until the unit's next attempt, or None when it is finished (or out of time)."""

@@ -16,13 +16,15 @@ Lease ids and TTLs are logged, never a value.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from initfetch.errors import SecretError
+from initfetch.errors import LeaseRevoked, SecretError, Unavailable
 from initfetch.providers.base import FetchContext, Lease, Provider
 from initfetch.reference import DocKey
+from initfetch.resolve.pool import WorkerPool, run_all
 from initfetch.watch import schedule as sched
 
 log = logging.getLogger("initfetch.watch")
@@ -53,23 +55,35 @@ class _Revoke:
     lease_id: str
 
 
+# On exit, revoking what is left must fit in the stop deadline (2 s in all).
+FINISH_BUDGET = 1.0
+
+
+@dataclass
+class Calls:
+    """How the keeper reaches the backends: the provider instances, the pool its renewals run
+    on together, the deadline of one call, and the stop event that cuts every wait short."""
+
+    instances: Mapping[str, Provider]
+    pool: WorkerPool
+    timeout: float
+    stop: threading.Event
+
+
 class LeaseKeeper:
-    def __init__(
-        self,
-        instances: Mapping[str, Provider],
-        schedule: sched.Schedule,
-        timeout: float,
-        clock: Callable[[], float],
-    ) -> None:
-        self.instances = instances
+    def __init__(self, calls: Calls, schedule: sched.Schedule, clock: Callable[[], float]) -> None:
+        self.calls = calls
+        self.instances = calls.instances
         self.schedule = schedule
-        self.timeout = timeout
         self.clock = clock
         self.leases: dict[Doc | Login, Lease] = {}
         self.revokes: list[_Revoke] = []
+        self._budget: float | None = None  # set while finishing: every call fits in it, stop or not
 
     def _ctx(self) -> FetchContext:
-        return FetchContext(time.monotonic() + self.timeout)
+        if self._budget is not None:
+            return FetchContext(self._budget)
+        return FetchContext(time.monotonic() + self.calls.timeout, stop=self.calls.stop)
 
     # --- what to keep ---
 
@@ -101,12 +115,27 @@ class LeaseKeeper:
 
     # --- what is due ---
 
-    def renew(self, key: Doc, now: float) -> bool:
-        """Renew a dynamic secret's lease; False when it must be replaced (read again) instead."""
+    def renew_all(self, keys: set[Doc], now: float) -> set[Doc]:
+        """Renew these leases together on the pool; returns the ones that must be replaced (read again)."""
+        ctx = self._ctx()
+        calls = {
+            key: (lambda key=key: self.instances[key.instance].renew(self.leases[key], ctx)) for key in keys
+        }
+        results = run_all(self.calls.pool, calls, ctx.deadline, self.calls.stop)
+        replace = set()
+        for key in sorted(keys, key=str):
+            result = results.get(key, Unavailable("no answer before the deadline"))
+            if not self._renewed(key, result, now):
+                replace.add(key)
+        return replace
+
+    def _renewed(self, key: Doc, result: Lease | BaseException, now: float) -> bool:
+        """Account for one renewal; False when the lease must be replaced instead."""
         lease = self.leases[key]
-        try:
-            granted = self.instances[key.instance].renew(lease, self._ctx())
-        except SecretError as e:
+        if isinstance(result, BaseException) and not isinstance(result, SecretError):
+            result = SecretError(f"unexpected {type(result).__name__} renewing the lease")
+        if isinstance(result, SecretError):
+            e = result
             if e.transient:
                 log.warning("renewing the lease of %s failed (%s); retrying", key, e.kind)
                 self.schedule.failed(key, now)
@@ -114,6 +143,7 @@ class LeaseKeeper:
             log.info("the lease of %s cannot be renewed (%s); replacing it", key, e.kind)
             self.schedule.refused(key, now)  # a failed replacement is retried as a replacement
             return False
+        granted = result
         entry = self.schedule.renewed(key, granted.duration, now)
         # Keep the first TTL: every renewal asks for it again, and a shorter grant means max TTL.
         self.leases[key] = Lease(lease.id, lease.duration, granted.renewable)
@@ -189,20 +219,28 @@ class LeaseKeeper:
 
     def revoke_due(self, now: float, everything: bool = False) -> None:
         keep = []
-        for item in self.revokes:
+        for n, item in enumerate(self.revokes):
             if not everything and item.at > now:
                 keep.append(item)
                 continue
+            if self._budget is not None and time.monotonic() >= self._budget:
+                left = len(self.revokes) - n
+                log.warning("%d lease(s) not revoked: no time left before exit; they end at their TTL", left)
+                break
             try:
                 self.instances[item.instance].revoke(item.lease_id, self._ctx())
                 log.info("revoked lease %s", item.lease_id)
+            except LeaseRevoked:
+                log.info("lease %s was already revoked", item.lease_id)
             except SecretError as e:
                 log.warning("revoking lease %s failed (%s); it ends at its TTL", item.lease_id, e.kind)
         self.revokes = keep
 
     def finish(self, revoke: bool) -> None:
         """On exit: revoke replaced leases still in their grace (the application is gone), and
-        with `revoke` every lease this watcher holds and every login it made itself."""
+        with `revoke` every lease this watcher holds and every login it made itself; all of it
+        within FINISH_BUDGET, so a backend that is down cannot hold the exit up."""
+        self._budget = time.monotonic() + FINISH_BUDGET
         if revoke:
             self.retire([(k, lease) for k, lease in self.leases.items() if isinstance(k, Doc)], 0.0)
         self.revoke_due(self.clock(), everything=True)

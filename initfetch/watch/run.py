@@ -1,11 +1,20 @@
 """`render --watch` and `exec --watch`: after the first render, watch until told to stop.
 
 The command does the first render as the one-shot commands do, keeping its
-pipeline open (its provider instances hold the logins); these functions then
-run the watcher: in the main thread for `render` (a sidecar), or in a thread
-beside the supervised application for `exec`. On SIGTERM the application is
-stopped gracefully (exec), replaced leases still in their grace are revoked,
-and, when asked, every lease initfetch created and the rendered files too.
+pipeline open (its provider instances hold the logins, and it holds OUT_DIR's
+lock). The watcher then runs on its own thread; the main thread only handles
+signals (render) or supervises the application (exec), so a stop is never
+held up by a refresh that retries, a request that hangs or a hook that runs:
+
+- render --watch: SIGTERM, SIGINT and SIGQUIT stop; SIGHUP re-reads every
+  secret now; SIGUSR1 and SIGUSR2 are logged and ignored.
+- exec --watch: every signal goes to the application's process group
+  (execute.Supervisor); when the application exits, the watcher stops.
+
+On stop the watcher gets STOP_JOIN seconds to finish what it writes, hooks
+still running are killed, then replaced leases still in their grace are
+revoked (and, when asked, every lease and login initfetch made, and the
+rendered files), all within the 2 s a stop may take.
 """
 
 from __future__ import annotations
@@ -18,12 +27,17 @@ from dataclasses import dataclass
 from types import FrameType
 
 from initfetch import execute
+from initfetch.errors import Terminated
 from initfetch.pipeline import Pipeline, Result
 from initfetch.templating.render import Rendered
 from initfetch.watch.loop import Watcher
 from initfetch.watch.notify import CommandNotifier, ExecNotifier
 
 log = logging.getLogger("initfetch.watch")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+STOP_JOIN = 0.5  # seconds the watcher thread gets to finish a write once told to stop
 
 
 @dataclass(frozen=True)
@@ -32,28 +46,54 @@ class Options:
     wipe_on_exit: bool = False
 
 
+def guard_first_render() -> None:
+    """Signals while a watch command's first render runs: stop signals end it at once (nothing
+    half written), SIGHUP, SIGUSR1 and SIGUSR2 are noted and ignored (no default action kills
+    initfetch without its cleanup)."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Terminated(signum)
+
+    def ignore(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s during the first render; ignored", signal.Signals(signum).name)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+    for sig in (signal.SIGHUP, *IGNORED_SIGNALS):
+        signal.signal(sig, ignore)
+
+
 def render_watch(pipeline: Pipeline, first: Result, opts: Options) -> int:
-    """The sidecar: keep the files current until SIGTERM/SIGINT; exit 0."""
+    """The sidecar: keep the files current until SIGTERM/SIGINT/SIGQUIT; exit 0."""
     on_change = pipeline.manifest.watch.on_change
     if on_change.signal is not None or on_change.restart:
         log.warning("on_change: signal and restart apply to exec --watch; render --watch only runs a command")
-    remove = pipeline.credentials(first.resolution)
-    command_env = execute.child_env(pipeline.environ, {}, remove)
-    watcher = Watcher(pipeline, first, CommandNotifier(on_change, command_env))
-    stop = threading.Event()
+    command_env = execute.child_env(pipeline.environ, {}, pipeline.credentials(first.resolution))
+    notifier = CommandNotifier(on_change, command_env)
+    watcher = Watcher(pipeline, first, notifier)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        name = signal.Signals(signum).name
+        if signum in STOP_SIGNALS:
+            watcher.request_stop()
+        elif signum == signal.SIGHUP:
+            log.info("received SIGHUP: reading every secret again now")
+            watcher.request_refresh()
+        else:
+            log.info("received %s: ignored (SIGHUP refreshes now, SIGTERM stops)", name)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        sig: signal.signal(sig, on_signal) for sig in (*STOP_SIGNALS, signal.SIGHUP, *IGNORED_SIGNALS)
+    }
+    thread = _start(watcher)
     log.info("render complete; watching for changes until SIGTERM")
     try:
-        watcher.run(stop)
+        watcher.stop.wait()  # signal handlers run here, in the main thread
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("stopping")
-    watcher.finish(revoke=opts.revoke_on_exit, wipe=opts.wipe_on_exit)
+    _stop(watcher, thread, notifier, opts)
     return 0
 
 
@@ -66,16 +106,34 @@ def exec_watch(pipeline: Pipeline, first: Result, cmd: Sequence[str], opts: Opti
         return execute.child_env(pipeline.environ, r.env, remove)
 
     supervisor = execute.Supervisor(cmd, child_env(first.rendered), stop_grace=on_change.grace)
-    notify = ExecNotifier(supervisor, on_change, child_env, execute.child_env(pipeline.environ, {}, remove))
-    watcher = Watcher(pipeline, first, notify)
-    stop = threading.Event()
-    thread = threading.Thread(target=watcher.run, args=(stop,), name="initfetch-watch", daemon=True)
-    thread.start()
-    try:
-        code = supervisor.run()
-    finally:
-        stop.set()
-        thread.join(pipeline.settings.timeout + 5)  # a refresh in flight ends by its deadline
-    log.info("%s exited with %d; stopping", cmd[0], code)
-    watcher.finish(revoke=opts.revoke_on_exit, wipe=opts.wipe_on_exit)
+    notifier = ExecNotifier(supervisor, on_change, child_env, execute.child_env(pipeline.environ, {}, remove))
+    watcher = Watcher(pipeline, first, notifier)
+    thread = _start(watcher)
+    code = supervisor.run()  # forwards every signal to the application until it exits
+    log.info("%s %s; stopping", cmd[0], _exited(code))
+    _stop(watcher, thread, notifier, opts)
     return code
+
+
+def _start(watcher: Watcher) -> threading.Thread:
+    thread = threading.Thread(target=watcher.run, name="initfetch-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def _stop(
+    watcher: Watcher, thread: threading.Thread, notifier: CommandNotifier | ExecNotifier, opts: Options
+) -> None:
+    """Stop the loop (a request or retry in flight is abandoned, not waited for), kill hooks,
+    then revoke and wipe as asked, within the stop deadline."""
+    watcher.request_stop()
+    thread.join(STOP_JOIN)
+    getattr(notifier, "close", lambda: None)()  # TODO(merge): notifiers get close() on the hooks branch
+    watcher.finish(revoke=opts.revoke_on_exit, wipe=opts.wipe_on_exit)
+
+
+def _exited(code: int) -> str:
+    """`exited with 3`, or `was killed by SIGTERM` for the shell's 128+N."""
+    if code > 128 and code - 128 in {s.value for s in signal.Signals}:
+        return f"was killed by {signal.Signals(code - 128).name}"
+    return f"exited with {code}"

@@ -10,9 +10,10 @@ seconds), and a random source can be injected, so every rule is testable.
   duration, the lease has hit its max TTL: it is replaced (read again, or a new
   login for a token) at two thirds of what is left, ahead of its expiry. A
   lease that is not renewable is replaced the same way.
-- A failure is retried with exponential backoff and jitter, never later than
-  the item's normal interval; the item counts as failing (stale) until it
-  succeeds again.
+- A failure is retried with exponential backoff and jitter (capped at
+  BACKOFF_MAX, so a recovery is noticed quickly), never later than the item's
+  normal interval; the item counts as failing until it succeeds again, and its
+  `due` time stays when it first fell due, so staleness is counted from there.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 RENEW_AT = 2 / 3
 JITTER = 0.1
 BACKOFF_FIRST = 1.0
-BACKOFF_MAX = 60.0
+BACKOFF_MAX = 30.0
 
 READ = "read"  # poll a static secret
 RENEW = "renew"  # extend a lease (or the token)
@@ -35,7 +36,8 @@ REPLACE = "replace"  # read a new lease (or log in again) before the old one exp
 class Entry:
     key: Hashable
     action: str
-    at: float  # monotonic time it is due
+    at: float  # monotonic time the next attempt is due
+    due: float = 0.0  # when the pending action first fell due (retries do not move it)
     interval: float | None = None  # static polls
     expires_at: float | None = None  # leases
     requested: float = 0.0  # the lease's first duration: a shorter renewal means max TTL
@@ -54,7 +56,7 @@ class Schedule:
         """A static secret read at `now`: next read after about `interval`."""
         entry = self.entries.get(key) or Entry(key, READ, now)
         entry.action, entry.interval, entry.expires_at = READ, interval, None
-        entry.at = now + interval * self._jitter()
+        entry.at = entry.due = now + interval * self._jitter()
         self._ok(entry, now)
         self.entries[key] = entry
         return entry
@@ -65,7 +67,7 @@ class Schedule:
         entry.interval, entry.requested = None, float(duration)
         entry.expires_at = now + duration
         entry.action = RENEW if renewable else REPLACE
-        entry.at = now + duration * self._renew_fraction()
+        entry.at = entry.due = now + duration * self._renew_fraction()
         self._ok(entry, now)
         self.entries[key] = entry
         return entry
@@ -76,7 +78,7 @@ class Schedule:
         entry.expires_at = now + granted
         capped = granted <= 0 or granted < entry.requested
         entry.action = REPLACE if capped else RENEW
-        entry.at = now + granted * self._renew_fraction()
+        entry.at = entry.due = now + granted * self._renew_fraction()
         self._ok(entry, now)
         return entry
 
