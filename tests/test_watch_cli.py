@@ -4,10 +4,7 @@ against OpenBao, moto and the Key Vault double."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,14 +12,16 @@ from pathlib import Path
 import pytest
 
 import tests.backends.openbao as openbao_backend
+import tests.watch_helpers as watch_helpers
 from tests.backends.keyvault_double import KeyVaultDouble
 from tests.backends.keyvault_double import keyvault as keyvault  # module-scoped fixture
 from tests.backends.moto_server import aws_client, moto_url_fixture  # noqa: F401
 from tests.backends.openbao import OpenBao, start_fake_rabbitmq, start_openbao
 from tests.helpers import CANARY, CANARY2, assert_no_canary, clean_env, run_cli, write
-from tests.watch_helpers import wait_until
+from tests.watch_helpers import Proc, fingerprint, lines, start, wait_until
 
 openbao = openbao_backend.openbao
+procs = watch_helpers.procs
 
 APP = r"""
 import os, signal, sys, time
@@ -42,66 +41,6 @@ note(f"START {os.getpid()} {os.environ.get('VAL', '-')}")
 while True:
     time.sleep(0.05)
 """
-
-
-class Proc:
-    """A running initfetch; stderr is collected on a thread so the pipe never fills."""
-
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "initfetch", *args],
-            env=env,
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.err: list[str] = []
-        assert self.proc.stderr is not None
-        stream = self.proc.stderr
-        self.reader = threading.Thread(target=lambda: self.err.extend(iter(stream.readline, "")), daemon=True)
-        self.reader.start()
-
-    def log(self) -> str:
-        return "".join(self.err)
-
-    def wait_log(self, text: str, count: int = 1, timeout: float = 60) -> None:
-        def seen() -> bool:
-            assert self.proc.poll() is None, f"initfetch exited early ({self.proc.returncode}):\n{self.log()}"
-            return self.log().count(text) >= count
-
-        wait_until(seen, timeout, f"{text!r} in the log:\n{self.log()}")
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        self.reader.join(10)
-        return code
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait(10)
-
-
-def start(procs: list[Proc], args: list[str], env: dict[str, str], cwd: Path) -> Proc:
-    procs.append(Proc(args, env, cwd))
-    return procs[-1]
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-def fingerprint(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_ino, st.st_mtime_ns
 
 
 # --- local providers: no signal without a change, restarts with the new environment -----------

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from initfetch.manifest import load_manifest
 from initfetch.manifest.watch import WatchConfig
@@ -57,3 +63,66 @@ def wait_until(condition: Callable[[], object], timeout: float = 30, what: str =
     while not condition():
         assert time.monotonic() < end, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+# --- a real initfetch process -------------------------------------------------------------
+
+
+class Proc:
+    """A running initfetch; stderr is collected on a thread so the pipe never fills."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "initfetch", *args],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.err: list[str] = []
+        assert self.proc.stderr is not None
+        stream = self.proc.stderr
+        self.reader = threading.Thread(target=lambda: self.err.extend(iter(stream.readline, "")), daemon=True)
+        self.reader.start()
+
+    def log(self) -> str:
+        return "".join(self.err)
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 60) -> None:
+        def seen() -> bool:
+            assert self.proc.poll() is None, f"initfetch exited early ({self.proc.returncode}):\n{self.log()}"
+            return self.log().count(text) >= count
+
+        wait_until(seen, timeout, f"{text!r} in the log:\n{self.log()}")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self.reader.join(10)
+        return code
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait(10)
+
+
+def start(procs: list[Proc], args: list[str], env: dict[str, str], cwd: Path) -> Proc:
+    procs.append(Proc(args, env, cwd))
+    return procs[-1]
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def fingerprint(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns

@@ -104,12 +104,14 @@ class _Scheduler:
         self.pacing = pacing
         self.outages = outages
         self.reserve = last_attempt_reserve(ctx.deadline - time.monotonic())
-        self.waiting: dict[str, int] = {}  # secrets waiting for a retry, per instance
-        self.failing: set[tuple[str, DocKey]] = set()
+        self.unresolved: dict[str, int] = {}  # secrets still without a final result, per instance
         self.ready: dict[str, deque[Unit]] = {}
         for unit in units:
             unit.pending = list(unit.docs)
             self.ready.setdefault(unit.instance, deque()).append(unit)
+            self.unresolved[unit.instance] = self.unresolved.get(unit.instance, 0) + sum(
+                unit.counts.get(d, 1) for d in unit.docs
+            )
         self.delayed: list[tuple[float, int, Unit]] = []  # (not before, tie-break, unit)
         self.open = len(units)
         self.cond = threading.Condition()
@@ -179,28 +181,15 @@ class _Scheduler:
             else:
                 heapq.heappush(self.delayed, (now + delay, id(unit), unit))
             answered = len(unit.pending) < len(got)
-            waiting = self._count_waiting(unit, got, retrying=delay is not None)
+            done = [d for d in got if d not in unit.pending or delay is None]
+            self.unresolved[unit.instance] -= sum(unit.counts.get(d, 1) for d in done)
+            waiting = self.unresolved[unit.instance]
             self.cond.notify_all()
         if answered:
             self.outages.answered(unit.instance)
         if delay is not None and not self.ctx.stopped:
             reason = unit.results.get(unit.pending[0])
             self.outages.failing(unit.instance, f"{reason}", waiting, delay, self._until())
-
-    def _count_waiting(self, unit: Unit, got: Mapping[DocKey, Document | SecretError], retrying: bool) -> int:
-        """Secrets of this unit's instance waiting for a retry, with this unit's news (under the lock)."""
-        pending = set(unit.pending) if retrying else set()
-        count = self.waiting.get(unit.instance, 0)
-        for doc in got:
-            key = (unit.instance, doc)
-            if doc in pending and key not in self.failing:
-                self.failing.add(key)
-                count += unit.counts.get(doc, 1)
-            elif doc not in pending and key in self.failing:
-                self.failing.discard(key)
-                count -= unit.counts.get(doc, 1)
-        self.waiting[unit.instance] = count
-        return count
 
     def _until(self) -> str:
         wall = time.time() + (self.ctx.deadline - time.monotonic())

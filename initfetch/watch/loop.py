@@ -98,6 +98,7 @@ class Watcher:
         self.expired: set[str] = set()
         self._previous: dict[str, Any] = {}  # the value before the current one, still masked
         self._logins = {name: inst.login_generation for name, inst in self.instances.items()}
+        self._logins_planned = False
         self._plan(self.clock())
         self._update_status(self.clock())  # from now on the render counts as watched (--max-stale)
 
@@ -114,9 +115,6 @@ class Watcher:
             if interval is not None:
                 self.schedule.poll(key, interval, now)
                 polls.append(interval)
-        for name in self.instances:
-            if any(k.instance == name for k in self.docs):
-                self.keeper.keep_login(name, now)
         self.heal_every = min([HEAL_EVERY_MAX, *polls])
         self._next_heal = now + self.heal_every
 
@@ -141,8 +139,18 @@ class Watcher:
         self._refresh_all = True
         self._wake.set()
 
+    def _plan_logins(self) -> None:
+        """Keep each instance's login alive: asks the backends, so it runs on the watcher's
+        thread (a backend that hangs must not hold up the main thread's signal handling)."""
+        self._logins_planned = True
+        for name in self.instances:
+            if any(k.instance == name for k in self.docs):
+                self.keeper.keep_login(name, self.clock())
+
     def run(self) -> None:
         """Refresh until `request_stop`."""
+        if not self._logins_planned:
+            self._plan_logins()
         while not self.stop.is_set():
             wake = [
                 t
@@ -156,6 +164,8 @@ class Watcher:
 
     def cycle(self) -> None:
         """Do everything that is due now."""
+        if not self._logins_planned:
+            self._plan_logins()
         now = self.clock()
         self.cycles += 1
         reads, renewals = self._due(now)

@@ -70,7 +70,7 @@ def render_watch(pipeline: Pipeline, first: Result, opts: Options) -> int:
         log.warning("on_change: signal and restart apply to exec --watch; render --watch only runs a command")
     command_env = execute.child_env(pipeline.environ, {}, pipeline.credentials(first.resolution))
     notifier = CommandNotifier(on_change, command_env)
-    watcher = Watcher(pipeline, first, notifier)
+    watcher = Watcher(pipeline, first, notifier)  # no backend is asked here: run() does that
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name

@@ -282,6 +282,30 @@ class FaultProxy:
                 return kind + ":html"  # what a load balancer in front of the backend answers
             return kind
 
+    # --- the whole backend, at once (watch-mode tests take it down and up while a watcher runs) ---
+
+    def down(self) -> None:
+        """Every request from now on is reset: the backend is gone."""
+        self.set_plan(FaultPlan(rate=1.0, weights={"reset": 1.0}, flavour=self.plan.flavour))
+
+    def hang(self, seconds: float = 3600.0) -> None:
+        """Every request from now on is held `seconds` before its answer: the backend hangs."""
+        self.set_plan(
+            FaultPlan(
+                rate=1.0, weights={"slow": 1.0}, max_slow=10**9, slow_hold=seconds, flavour=self.plan.flavour
+            )
+        )
+
+    def up(self) -> None:
+        """Every request is forwarded again."""
+        self.set_plan(FaultPlan(flavour=self.plan.flavour))
+
+    def set_plan(self, plan: FaultPlan) -> None:
+        with self.lock:
+            self.plan = plan
+            self.slow_left = plan.max_slow
+            self.script = list(plan.script)
+
     def injected(self) -> dict[str, int]:
         """Faults injected so far, by kind (refuse counts late starts)."""
         return {k: v for k, v in self.counts.items() if k not in ("requests", "forwarded") and v}
