@@ -168,6 +168,8 @@ class Pipeline:
 
         out_dir = self.settings.out_dir
         assert self.mode is Mode.RENDER and out_dir is not None, "only a render writes"
+        if self._lock is not None:
+            self._lock.acquire()
         todo = rendered.files if files is None else files
         marker = marker_body(
             {
@@ -185,14 +187,14 @@ class Pipeline:
     # --- around the stages ---
 
     def claim(self, holder: str) -> None:
-        """Take OUT_DIR's lock for the pipeline's life: a second writer (a live watcher's
-        directory) is refused with exit 5 before any backend is asked."""
+        """Claim OUT_DIR for `holder`: a directory another initfetch writes to (a live watcher's)
+        is refused with exit 5 before any backend is asked. The lock itself is taken at the first
+        write (nothing is created before) and held until the pipeline closes."""
         from initfetch.outdir.lock import OutDirLock
 
         assert self.settings.out_dir is not None
-        lock = OutDirLock(self.settings.out_dir)
-        lock.acquire(holder)
-        self._lock = lock
+        self._lock = OutDirLock(self.settings.out_dir, holder)
+        self._lock.check()
 
     @property
     def renderer(self) -> Renderer:

@@ -200,7 +200,7 @@ def test_status_holds_when_out_dir_is_full_or_remounted_read_only(
     kv_manifest(tmp_path, "faults/full", refresh="300ms")
     out = small_tmpfs / "out"
     p = start(procs, ["render", "--watch", "-o", str(out)], env(proxy, tmp_path), tmp_path)
-    wait_until(lambda: (out / ".initfetch-ready.json").exists(), what="the first render")
+    wait_until(lambda: (out / ".initfetch-watch.json").exists(), what="the watcher's status")
     fd = os.open(small_tmpfs / "filler", os.O_WRONLY | os.O_CREAT)  # fill the tmpfs to the last byte
     try:
         while os.write(fd, b"x" * 4096):
