@@ -23,7 +23,7 @@ from initfetch.watch.loop import Change, Watcher
 from tests.backends.openbao import OpenBao
 from tests.backends.postgres import Postgres, configure_database_engine
 from tests.helpers import assert_no_canary
-from tests.watch_helpers import start_watcher, wait_until
+from tests.watch_helpers import Clock, start_watcher, wait_until
 
 openbao = openbao_backend.openbao
 postgres = postgres_backend.postgres
@@ -282,4 +282,55 @@ def test_a_lease_that_expires_unrenewed_makes_healthcheck_unhealthy(tmp_path: Pa
         assert (out / "user").exists()  # the last good render stays
     finally:
         bao.stop()
+        fake.stop()
+
+
+def test_three_hundred_leases_are_renewed_together_not_one_by_one(openbao: OpenBao, tmp_path: Path) -> None:
+    """300 rabbitmq leases due at once: the renewals run concurrently on the resolver's pool
+    (real renewals against OpenBao; only initfetch's own Provider.renew is watched)."""
+    from tests.backends.openbao import start_fake_rabbitmq
+
+    fake = start_fake_rabbitmq()
+    c = openbao.client()
+    try:
+        if "manyrabbit/" not in c.sys.list_mounted_secrets_engines()["data"]:
+            c.sys.enable_secrets_engine("rabbitmq", path="manyrabbit")
+        c.write(
+            "manyrabbit/config/connection",
+            connection_uri=fake.url,
+            username="admin",
+            password="admin",
+            verify_connection=False,
+        )
+        c.write("manyrabbit/config/lease", ttl=600, max_ttl=3600)
+        for i in range(300):
+            c.write(f"manyrabbit/roles/r{i}", vhosts='{"/": {"read": ".*"}}')
+        secrets = "".join(f"  u{i}: vault://manyrabbit/creds/r{i}#username\n" for i in range(300))
+        clock = Clock()
+        watcher, changes = start_watcher(
+            tmp_path, "version: 1\nsecrets:\n" + secrets, environ(openbao, tmp_path), clock=clock, timeout=60
+        )
+        inst = watcher.instances["vault"]
+        real, lock = inst.renew, threading.Lock()
+        state = {"now": 0, "most": 0, "calls": 0}
+
+        def counting(lease: Any, ctx: Any) -> Any:
+            with lock:
+                state["now"] += 1
+                state["calls"] += 1
+                state["most"] = max(state["most"], state["now"])
+            try:
+                return real(lease, ctx)
+            finally:
+                with lock:
+                    state["now"] -= 1
+
+        inst.renew = counting  # type: ignore[method-assign]
+        clock.advance(450)  # past two thirds of every TTL: all 300 are due in this cycle
+        watcher.cycle()
+        assert state["calls"] == 300 and changes == []
+        assert state["most"] >= 16, f"at most {state['most']} renewals in flight"
+        assert all(e.failures == 0 for e in watcher.schedule.entries.values())
+        watcher.finish(revoke=True, wipe=False)
+    finally:
         fake.stop()

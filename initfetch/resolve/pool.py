@@ -9,6 +9,7 @@ never keeps the process alive.
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +42,7 @@ class WorkerPool:
         self._jobs.put(job)
 
     def _work(self) -> None:
+        main_thread_signals_only()
         while True:
             job = self._jobs.get()
             try:
@@ -53,6 +55,20 @@ class WorkerPool:
     @property
     def threads(self) -> int:
         return self._threads
+
+
+# Signals initfetch handles: a process-directed signal goes to a thread that does not block
+# it, and Python runs its handler only in the main thread, when that thread wakes up. So the
+# threads initfetch starts block them: they reach the main thread at once, whatever it waits on.
+HANDLED_SIGNALS = frozenset(
+    {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
+)
+
+
+def main_thread_signals_only() -> None:
+    """Block the handled signals in the calling thread (never the main thread). Not for a
+    thread that starts processes: a child would inherit the blocked mask."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
 
 
 def run_all(

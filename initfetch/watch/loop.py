@@ -287,6 +287,7 @@ class Watcher:
             self.schedule.failed(key, now)
         if self.stop.is_set():
             return  # cut short by the stop: not a failure of the backend
+        log.debug("the refresh of %d document(s) failed: %s", len(keys), e.headline)
         if isinstance(e, ResolveFailed):
             self.failures.failed(e.failures)
         else:  # a template that stopped rendering, a write refused: keyed by their own line

@@ -20,6 +20,7 @@ rendered files), all within the 2 s a stop may take.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from types import FrameType
 from initfetch import execute
 from initfetch.errors import Terminated
 from initfetch.pipeline import Pipeline, Result
+from initfetch.resolve.pool import main_thread_signals_only
 from initfetch.templating.render import Rendered
 from initfetch.watch.loop import Watcher
 from initfetch.watch.notify import CommandNotifier, ExecNotifier
@@ -88,7 +90,7 @@ def render_watch(pipeline: Pipeline, first: Result, opts: Options) -> int:
     thread = _start(watcher)
     log.info("render complete; watching for changes until SIGTERM")
     try:
-        watcher.stop.wait()  # signal handlers run here, in the main thread
+        _wait_for(watcher.stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -116,9 +118,31 @@ def exec_watch(pipeline: Pipeline, first: Result, cmd: Sequence[str], opts: Opti
 
 
 def _start(watcher: Watcher) -> threading.Thread:
-    thread = threading.Thread(target=watcher.run, name="initfetch-watch", daemon=True)
+    def run() -> None:
+        main_thread_signals_only()  # the watcher starts no process (hooks run on their own thread)
+        watcher.run()
+
+    thread = threading.Thread(target=run, name="initfetch-watch", daemon=True)
     thread.start()
     return thread
+
+
+def _wait_for(stop: threading.Event) -> None:
+    """Sleep in the main thread until `stop` is set by a signal handler.
+
+    The handlers run in the main thread only when it wakes up, and a signal may be delivered to
+    any thread: the main thread sleeps on a pipe the signal machinery writes to (set_wakeup_fd),
+    so every signal wakes it, with no polling."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    try:
+        while not stop.is_set():
+            os.read(r, 512)  # returns when a signal arrived; its handler runs right after
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(r)
+        os.close(w)
 
 
 def _stop(

@@ -192,6 +192,7 @@ class FaultProxy:
         self.rng = random.Random(self.plan.seed)
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.paths: Counter[str] = Counter()  # requests by path (without the query)
         self.slow_left = self.plan.max_slow
         self.script = list(self.plan.script)
         self.stopping = threading.Event()
@@ -253,6 +254,7 @@ class FaultProxy:
         """The fault for one request: a kind, a permanent Answer, or None (forward as is)."""
         with self.lock:
             self.counts["requests"] += 1
+            self.paths[path.split("?", 1)[0]] += 1
             if self.plan.permanent is not None:
                 answer = self.plan.permanent(method, path, headers, body)
                 if answer is not None:
