@@ -124,7 +124,7 @@ class AuthMethod:
         return True
 
     def expired_message(self) -> str:
-        """LoginExpired's message when the token is dead and cannot be replaced; never the token."""
+        """LoginExpired's message when the token is dead and no new one can be had; never the token."""
         return f"the Vault token from the {self.describe()} is no longer valid: revoked or expired"
 
     def login(self, client: Any) -> None:
@@ -179,6 +179,11 @@ class TokenAuth(AuthMethod):
         return "token_file" in self.options
 
     def expired_message(self) -> str:
+        if "token_file" in self.options:
+            return (
+                f"the Vault token in auth.token_file {self.options['token_file']} is no longer valid: "
+                "revoked or expired, and the file holds no new one yet"
+            )
         source = f" (from {self.source})" if self.source else ""
         return f"the Vault token{source} is no longer valid: revoked or expired; give initfetch a new one"
 

@@ -42,6 +42,7 @@ class VaultClient:
         # relogin.py can read it without the lock (a login holds the lock while it talks to Vault).
         self._current: tuple[Any, int] | None = None
         self._generation = 0  # successful logins so far
+        self._dead_token: str | None = None  # the last token Vault stopped accepting (never logged)
         self._session: Any = None
         self._login_error: SecretError | None = None
         self.rejections = Rejections(self)
@@ -118,12 +119,16 @@ class VaultClient:
     def logged_in(self) -> tuple[Any, int]:
         """The logged-in hvac client and its login generation; logs in when there is none."""
         with self._lock:
-            if self._current is None:
-                self._login_locked()
-            assert self._current is not None
-            return self._current
+            return self._current or self._use(self._new_login())
 
-    def _login_locked(self) -> None:
+    def _use(self, client: Any) -> tuple[Any, int]:
+        """Make `client` the login in place: a new generation. Under the lock."""
+        self._generation += 1
+        self._current = (client, self._generation)
+        return self._current
+
+    def _new_login(self) -> Any:
+        """A newly logged-in hvac client; a refused login is remembered. Under the lock."""
         if self._login_error is not None:
             raise self._login_error
         import hvac
@@ -150,8 +155,11 @@ class VaultClient:
         except SecretError as e:
             self._login_error = e  # a refused login will not succeed on the next document
             raise
-        self._generation += 1
-        self._current = (client, self._generation)
+        if self._dead_token is not None and getattr(client, "token", None) == self._dead_token:
+            # A token file not rotated yet still holds the token Vault refused: each call fails
+            # at once, without a request, until the file holds a new one (it is read each time).
+            raise LoginExpired(self.auth.expired_message())
+        return client
 
     @property
     def generation(self) -> int:
@@ -169,17 +177,19 @@ class VaultClient:
             self._login_error = None
 
     def replace_login(self, generation: int) -> None:
-        """Vault no longer accepts the token of `generation`: log in again, or, for a token
-        given as is, remember LoginExpired for every later call. Nothing to do when that login
-        was replaced already."""
+        """Vault no longer accepts the token of `generation`: log in again. A token given as is
+        raises LoginExpired, remembered for every later call; a token file that still holds the
+        same token raises it until the file changes. Nothing to do when that login was replaced
+        already."""
         with self._lock:
             if self._current is None or self._current[1] != generation:
                 return
+            self._dead_token = getattr(self._current[0], "token", None)
             self._current = None
-            if not self.auth.can_login_again:
+            if not self.auth.can_login_again:  # VAULT_TOKEN cannot change: no call will succeed
                 self._login_error = LoginExpired(self.auth.expired_message())
                 raise self._login_error
-            self._login_locked()
+            self._use(self._new_login())
         log.info("logged in to Vault again for %s after the token was rejected", self.name)
 
     def token_alive(self, client: Any) -> bool:
