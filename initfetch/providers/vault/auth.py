@@ -117,6 +117,16 @@ class AuthMethod:
     def describe(self) -> str:
         return f"{self.method} login at auth/{self.mount}"
 
+    @property
+    def can_login_again(self) -> bool:
+        """Whether a new login can replace a token Vault stopped accepting: a login method
+        presents its credentials again (files are read anew: a rotated one is picked up)."""
+        return True
+
+    def expired_message(self) -> str:
+        """LoginExpired's message when the token is dead and no new one can be had; never the token."""
+        return f"the Vault token from the {self.describe()} is no longer valid: revoked or expired"
+
     def login(self, client: Any) -> None:
         raise NotImplementedError
 
@@ -127,6 +137,7 @@ class TokenAuth(AuthMethod):
 
     method = "token"
     KEYS: ClassVar[dict[str, type]] = {"token_file": str, "token_env": str}
+    source: str | None = None  # where the token came from, for messages (never the token)
 
     def _variables(self) -> tuple[str, ...]:
         if "token_env" in self.options:
@@ -159,7 +170,22 @@ class TokenAuth(AuthMethod):
         return {v for v in self._variables() if self.environ.get(v)} | self._env_used
 
     def describe(self) -> str:
-        return f"token login ({self.source})" if getattr(self, "source", None) else "token login"
+        return f"token login ({self.source})" if self.source else "token login"
+
+    @property
+    def can_login_again(self) -> bool:
+        """A token file is read again (something outside rotates it); a token from a variable
+        or ~/.vault-token would only be the same token again."""
+        return "token_file" in self.options
+
+    def expired_message(self) -> str:
+        if "token_file" in self.options:
+            return (
+                f"the Vault token in auth.token_file {self.options['token_file']} is no longer valid: "
+                "revoked or expired, and the file holds no new one yet"
+            )
+        source = f" (from {self.source})" if self.source else ""
+        return f"the Vault token{source} is no longer valid: revoked or expired; give initfetch a new one"
 
     def login(self, client: Any) -> None:
         token = self._token()

@@ -3,25 +3,32 @@ deadline and error mapping.
 
 The login happens once, lazily, under a lock; a refused login is remembered (it
 will not succeed for the next document either), an unavailable one is retried
-by the core. Reads (reads.py) and lease and token calls (leases.py) go through
-`bound` / `call`, so every request is bounded by the caller's deadline and every
-failure becomes the same SecretErrors.
+by the core. Each successful login starts a new login generation. Reads
+(reads.py) and lease calls (leases.py) go through `run`, token calls through
+`call`, so every request is bounded by the caller's deadline and every failure
+becomes the same SecretErrors. A call Vault rejects (401/403) under `run` is
+checked against the token once per generation (relogin.py): a dead token is
+replaced by a new login and the call retried once, or named as expired.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
-from initfetch.errors import AccessDenied, SecretError, Unavailable
+from initfetch.errors import LoginExpired, SecretError, Unavailable
 from initfetch.providers.base import FetchContext
 from initfetch.providers.vault.auth import AuthMethod, make_auth
-from initfetch.providers.vault.http import Connection, call_timeout, mapped_errors
+from initfetch.providers.vault.http import Connection, Rejected, call_timeout, mapped_errors
+from initfetch.providers.vault.relogin import Rejections
 
 log = logging.getLogger("initfetch.providers.vault")
+
+T = TypeVar("T")
 
 
 class VaultClient:
@@ -31,9 +38,14 @@ class VaultClient:
         self.auth: AuthMethod = make_auth(options.get("auth"), environ)
         self.pool_size = pool_size
         self._lock = threading.Lock()
-        self._hvac: Any = None
+        # The logged-in hvac client and its login generation, replaced as one tuple so that
+        # relogin.py can read it without the lock (a login holds the lock while it talks to Vault).
+        self._current: tuple[Any, int] | None = None
+        self._generation = 0  # successful logins so far
+        self._dead_token: str | None = None  # the last token Vault stopped accepting (never logged)
         self._session: Any = None
         self._login_error: SecretError | None = None
+        self.rejections = Rejections(self)
         self._warn_about_settings(environ)
 
     def _warn_about_settings(self, environ: Mapping[str, str]) -> None:
@@ -84,50 +96,124 @@ class VaultClient:
         with self.bound(ctx) as client, self.errors(what):
             yield client
 
+    def run(self, ctx: FetchContext, fn: Callable[[Any], T]) -> T:
+        """`fn(hvac)` with the logged-in client, every request bounded by `ctx`'s deadline.
+
+        When Vault rejects a call (401/403), relogin.py finds out whether the token is still
+        alive: if it is, the denial is real and raised as it is; if not, a method that can log
+        in again does so and `fn` runs once more with the new token, and a token given as is
+        raises LoginExpired (for this call and every later one)."""
+        with call_timeout(self.session, ctx.timeout):
+            hvac, generation = self.logged_in()
+            try:
+                return fn(hvac)
+            except Rejected as e:
+                self.rejections.handle(ctx, generation, time.monotonic(), e)
+            hvac, _ = self.logged_in()  # a newer login than the rejected one
+            return fn(hvac)
+
     def login(self) -> Any:
         """The logged-in hvac client; logs in once, on first use, under a lock."""
-        with self._lock:
-            if self._hvac is not None:
-                return self._hvac
-            if self._login_error is not None:
-                raise self._login_error
-            import hvac
+        return self.logged_in()[0]
 
-            session = self._session
-            client = hvac.Client(
-                url=self.conn.address,
-                namespace=self.conn.namespace,
-                session=session,
-                verify=session.verify,  # the CA variables resolved once (http.py)
-                cert=self.conn.cert,
-            )
-            try:
-                with mapped_errors(
-                    session,
-                    what=self.auth.describe(),
-                    address=self.conn.address,
-                    scrub=self.auth.secrets(),
-                    login=True,
-                ):
-                    self.auth.login(client)
-            except Unavailable:
-                raise  # retried by the core: log in again next time
-            except SecretError as e:
-                self._login_error = e  # a refused login will not succeed on the next document
-                raise
-            self._hvac = client
-            return client
+    def logged_in(self) -> tuple[Any, int]:
+        """The logged-in hvac client and its login generation; logs in when there is none."""
+        with self._lock:
+            return self._current or self._use(self._new_login())
+
+    def _use(self, client: Any) -> tuple[Any, int]:
+        """Make `client` the login in place: a new generation. Under the lock."""
+        self._generation += 1
+        self._current = (client, self._generation)
+        return self._current
+
+    def _new_login(self) -> Any:
+        """A newly logged-in hvac client; a refused login is remembered. Under the lock."""
+        if self._login_error is not None:
+            raise self._login_error
+        import hvac
+
+        session = self._session
+        client = hvac.Client(
+            url=self.conn.address,
+            namespace=self.conn.namespace,
+            session=session,
+            verify=session.verify,  # the CA variables resolved once (http.py)
+            cert=self.conn.cert,
+        )
+        try:
+            with mapped_errors(
+                session,
+                what=self.auth.describe(),
+                address=self.conn.address,
+                scrub=self.auth.secrets(),
+                login=True,
+            ):
+                self.auth.login(client)
+        except Unavailable:
+            raise  # retried by the core: log in again next time
+        except SecretError as e:
+            self._login_error = e  # a refused login will not succeed on the next document
+            raise
+        if self._dead_token is not None and getattr(client, "token", None) == self._dead_token:
+            # A token file not rotated yet still holds the token Vault refused: each call fails
+            # at once, without a request, until the file holds a new one (it is read each time).
+            raise LoginExpired(self.auth.expired_message())
+        return client
+
+    @property
+    def generation(self) -> int:
+        """How many times this client logged in (VaultProvider.login_generation)."""
+        return self._generation
+
+    def current(self) -> tuple[Any, int] | None:
+        """The login in place and its generation, or None; never logs in, takes no lock."""
+        return self._current
 
     def forget_login(self) -> None:
         """Drop the token: the next call logs in again."""
         with self._lock:
-            self._hvac = None
+            self._current = None
             self._login_error = None
+
+    def replace_login(self, generation: int) -> None:
+        """Vault no longer accepts the token of `generation`: log in again. A token given as is
+        raises LoginExpired, remembered for every later call; a token file that still holds the
+        same token raises it until the file changes. Nothing to do when that login was replaced
+        already."""
+        with self._lock:
+            if self._current is None or self._current[1] != generation:
+                return
+            self._dead_token = getattr(self._current[0], "token", None)
+            self._current = None
+            if not self.auth.can_login_again:  # VAULT_TOKEN cannot change: no call will succeed
+                self._login_error = LoginExpired(self.auth.expired_message())
+                raise self._login_error
+            self._use(self._new_login())
+        log.info("logged in to Vault again for %s after the token was rejected", self.name)
+
+    def token_alive(self, client: Any) -> bool:
+        """Whether Vault still accepts the token `client` holds.
+
+        `sys/internal/ui/mounts` checks any token it is given and needs no policy: 403 means the
+        token itself is refused. (lookup-self would not do: it needs the default policy, and a
+        token made without it would be taken for a dead one.)"""
+        try:
+            with self.errors("checking whether Vault still accepts the token"):
+                client.adapter.get("/v1/sys/internal/ui/mounts")
+        except Rejected:
+            return False
+        except Unavailable:
+            raise  # retried by the core, like the call it was asked for
+        except SecretError:
+            return True  # no clear answer (a proxy in the way?): the denial stands as Vault gave it
+        return True
 
     @property
     def token(self) -> str | None:
         """The token in use (tests and lease calls only; never logged)."""
-        return getattr(self._hvac, "token", None)
+        current = self._current
+        return getattr(current[0], "token", None) if current is not None else None
 
     def errors(self, what: str) -> Any:
         return mapped_errors(
@@ -143,22 +229,9 @@ class VaultClient:
         timeout = getattr(self.session.local, "timeout", None)
         return timeout() if timeout is not None else 10.0
 
-    def token_valid(self, client: Any) -> bool:
-        """Whether Vault still accepts our token (auth/token/lookup-self needs no policy)."""
-        import hvac.exceptions as hx
-
-        try:
-            with self.errors("looking up the token"):
-                client.adapter.get("/v1/auth/token/lookup-self")
-        except AccessDenied:
-            return False
-        except (SecretError, hx.VaultError):
-            pass
-        return True
-
     def close(self) -> None:
         with self._lock:
             if self._session is not None:
                 self._session.close()
-            self._hvac = None
+            self._current = None
             self._session = None

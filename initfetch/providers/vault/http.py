@@ -26,6 +26,12 @@ from initfetch.errors import (
 DEFAULT_ADDRESS = "https://127.0.0.1:8200"  # the Vault CLI's default
 
 
+class Rejected(AccessDenied):
+    """Vault answered 401/403 to a call made with our token: a policy that does not allow it, or
+    a token Vault no longer accepts (revoked, expired, forgotten by a restart). The client tells
+    the two apart (client.py); the user sees an access-denied either way."""
+
+
 def env_var(environ: Mapping[str, str], name: str) -> tuple[str | None, str]:
     """`VAULT_<name>`, else OpenBao's `BAO_<name>` (its CLI and dev server use those):
     the value and the variable it came from. The VAULT_ name wins when both are set."""
@@ -189,7 +195,8 @@ def _from_vault(
     ):
         return Unavailable(f"Vault answered {status or 'a server error'} while {what}{suffix}")
     if isinstance(e, hx.Forbidden | hx.Unauthorized):
-        return AccessDenied(f"permission denied {what}{suffix}")
+        # A refused login is not a rejected token: there is no token yet to check.
+        return (AccessDenied if login else Rejected)(f"permission denied {what}{suffix}")
     if login:
         return AccessDenied(f"{what} was refused{suffix}")
     if isinstance(e, hx.InvalidPath):

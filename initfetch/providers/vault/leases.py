@@ -3,21 +3,40 @@
 Each call goes through the instance's logged-in client, with the caller's
 deadline and the same error mapping as a read (transient -> Unavailable,
 refused -> AccessDenied / BadReference), so a failed renewal is handled like a
-failed read. Nothing here logs or returns a secret: lease ids and TTLs only.
+failed read. A lease Vault no longer knows is LeaseRevoked. Lease calls go
+through `run`, so a token Vault stopped accepting is replaced like during a
+read; calls about the token itself do not (its own renewal failing is how the
+watcher learns it must log in again). Nothing here logs or returns a secret:
+lease ids and TTLs only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from initfetch.errors import LeaseRevoked
 from initfetch.providers.base import FetchContext, Lease
 from initfetch.providers.vault.client import VaultClient
+from initfetch.providers.vault.http import vault_message
 
 TOKEN_LEASE_ID = "auth/token/self"  # noqa: S105 - how the token shows up as a Lease; not a real lease id
+
+# What Vault and OpenBao answer (400) for a lease they no longer hold: renew says "lease not
+# found" (revoked, expired and removed, or never there) or "lease expired" (not yet removed);
+# lookup says "invalid lease". Revoking an unknown lease succeeds (204).
+GONE = ("lease not found", "lease expired", "invalid lease")
 
 
 def renew(client: VaultClient, lease: Lease, ctx: FetchContext) -> Lease:
     """Ask for the lease's first duration again; Vault may grant less (max TTL)."""
-    with client.call(ctx, f"renewing lease {lease.id}") as hvac:
-        response = hvac.sys.renew_lease(lease_id=lease.id, increment=lease.duration or None)
+
+    def call(hvac: Any) -> Any:
+        with client.errors(f"renewing lease {lease.id}"), _gone(lease.id):
+            return hvac.sys.renew_lease(lease_id=lease.id, increment=lease.duration or None)
+
+    response = client.run(ctx, call)
     data = response if isinstance(response, dict) else {}
     return Lease(
         str(data.get("lease_id") or lease.id),
@@ -27,8 +46,24 @@ def renew(client: VaultClient, lease: Lease, ctx: FetchContext) -> Lease:
 
 
 def revoke(client: VaultClient, lease_id: str, ctx: FetchContext) -> None:
-    with client.call(ctx, f"revoking lease {lease_id}") as hvac:
-        hvac.sys.revoke_lease(lease_id=lease_id)
+    def call(hvac: Any) -> None:
+        with client.errors(f"revoking lease {lease_id}"), _gone(lease_id):
+            hvac.sys.revoke_lease(lease_id=lease_id)
+
+    client.run(ctx, call)
+
+
+@contextmanager
+def _gone(lease_id: str) -> Iterator[None]:
+    """Vault's 400 for a lease it no longer holds -> LeaseRevoked (the secret must be read anew)."""
+    import hvac.exceptions as hx
+
+    try:
+        yield
+    except hx.InvalidRequest as e:
+        if any(text in vault_message(e, []).lower() for text in GONE):
+            raise LeaseRevoked(f"the lease {lease_id} was revoked or has expired") from None
+        raise
 
 
 def token(client: VaultClient, ctx: FetchContext) -> Lease | None:

@@ -80,16 +80,19 @@ class VaultProvider(Provider):
     # --- reading ---
 
     def fetch(self, doc: DocKey, ctx: FetchContext) -> Document:
-        with self.client.bound(ctx) as hvac:
-            mount = self.mounts.for_path(hvac, doc.path)
-            version = doc.param("version")
-            if mount is not None and mount.type == "kv" and mount.kv_version == 2:
-                return read_kv2(self.client, hvac, mount, doc.path, version)
-            if version is not None:
-                kind = f"a KV v{mount.kv_version}" if mount and mount.type == "kv" else "not a KV v2"
-                where = mount.path if mount else doc.path
-                raise BadReference(f"?version needs a KV v2 mount; {where} is {kind} mount")
-            return read_plain(self.client, hvac, mount, doc.path)
+        # Through `run`: a read rejected for a dead token is made again after a new login.
+        return self.client.run(ctx, lambda hvac: self._read(hvac, doc))
+
+    def _read(self, hvac: Any, doc: DocKey) -> Document:
+        mount = self.mounts.for_path(hvac, doc.path)
+        version = doc.param("version")
+        if mount is not None and mount.type == "kv" and mount.kv_version == 2:
+            return read_kv2(self.client, hvac, mount, doc.path, version)
+        if version is not None:
+            kind = f"a KV v{mount.kv_version}" if mount and mount.type == "kv" else "not a KV v2"
+            where = mount.path if mount else doc.path
+            raise BadReference(f"?version needs a KV v2 mount; {where} is {kind} mount")
+        return read_plain(self.client, hvac, mount, doc.path)
 
     # --- leases and the login token ---
 
@@ -99,6 +102,10 @@ class VaultProvider(Provider):
     def revoke(self, lease_id: str, ctx: FetchContext) -> None:
         leases.revoke(self.client, lease_id, ctx)
 
+    @property
+    def login_generation(self) -> int:
+        return self.client.generation
+
     def login_lease(self, ctx: FetchContext) -> Lease | None:
         return leases.token(self.client, ctx)
 
@@ -106,8 +113,9 @@ class VaultProvider(Provider):
         return leases.renew_token(self.client, int(lease.duration), ctx)
 
     def can_login_again(self) -> bool:
-        """A token from VAULT_TOKEN would only be the same token again; every other method can."""
-        return self.client.auth.method != "token" or "token_file" in self.options
+        """Every login method can, and a token method with auth.token_file (read again); a token
+        from VAULT_TOKEN, BAO_TOKEN or ~/.vault-token would only be the same token again."""
+        return self.client.auth.can_login_again
 
     def login_again(self, ctx: FetchContext) -> Lease | None:
         """Drop the current token and log in afresh (AppRole, Kubernetes, JWT, a rotated token file)."""
@@ -115,8 +123,9 @@ class VaultProvider(Provider):
         return leases.token(self.client, ctx)
 
     def owns_login(self) -> bool:
-        """A token from a login method, not one it was given (VAULT_TOKEN, a token file)."""
-        return self.client.auth.method != "token" and "token_file" not in self.options
+        """A token from a login method, not one it was given (VAULT_TOKEN, a token file). The
+        token_file of kubernetes or jwt holds the JWT it logs in with: that token is still ours."""
+        return self.client.auth.method != "token"
 
     def revoke_login(self, ctx: FetchContext) -> None:
         leases.revoke_token(self.client, ctx)

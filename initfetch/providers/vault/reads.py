@@ -15,10 +15,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from initfetch.errors import AccessDenied, BadReference, NotFound
+from initfetch.errors import BadReference, NotFound
 from initfetch.providers.base import Document, Lease
 from initfetch.providers.vault.client import VaultClient
-from initfetch.providers.vault.http import not_vault, not_vault_message
+from initfetch.providers.vault.http import Rejected, not_vault, not_vault_message
 
 
 @dataclass(frozen=True)
@@ -143,15 +143,11 @@ def read_plain(client: VaultClient, hvac: Any, mount: Mount | None, path: str) -
                     raise BadReference(not_vault_message(client.conn.address, 404)) from None
                 hint = " (no secrets engine is mounted there)" if _no_route(e) else ""
                 raise NotFound(f"no secret at {path}{hint}") from None
-    except AccessDenied as e:
+    except Rejected as e:
         if mount is None:
-            # Denied everywhere: tell a dead token apart from a missing policy.
-            if not client.token_valid(hvac):
-                raise AccessDenied(
-                    f"permission denied reading {path}: Vault does not accept the token "
-                    "(invalid, expired or revoked)"
-                ) from None
-            raise AccessDenied(
+            # Denied everywhere. Still a Rejected: VaultClient.run tells a dead token apart from
+            # a missing policy, and this message stands only for the latter.
+            raise Rejected(
                 f"{e}; sys/internal/ui/mounts/{path} was denied too, so the token may have no "
                 "access to this mount at all"
             ) from None
