@@ -424,3 +424,45 @@ def test_a_watcher_recovers_from_a_revoked_approle_token_at_its_next_refresh(
         loop.join(30)
         watcher.finish(revoke=True, wipe=False)
     assert not loop.is_alive()
+
+
+def test_a_watched_static_token_that_is_revoked_is_named_once_and_no_longer_renewed(
+    openbao: OpenBao, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watcher's token renewal meets a revoked VAULT_TOKEN: one line naming it as no longer
+    valid, and the renewal is dropped (not "logging in again", which a given token cannot)."""
+    from initfetch.manifest.watch import WatchConfig
+    from tests.watch_helpers import Clock, start_watcher
+
+    c = openbao.client()
+    c.secrets.kv.v2.create_or_update_secret("relogin/watched", {"password": "watched-value-1"})
+    token = c.auth.token.create(policies=["root"], ttl="1h", renewable=True)["auth"]["client_token"]
+    clock = Clock()
+    manifest = (
+        "version: 1\nsecrets:\n"
+        + "".join(
+            f"  pw{i}: vault://secret/relogin/watched?version=1#password\n"
+            if i
+            else "  pw0: vault://secret/relogin/watched#password\n"
+            for i in range(1)
+        )
+        + "".join(f"  k{i}: vault://secret/relogin/w{i}#password\n" for i in range(5))
+    )
+    for i in range(5):
+        c.secrets.kv.v2.create_or_update_secret(f"relogin/w{i}", {"password": f"w-value-{i}"})
+    env = {"VAULT_ADDR": openbao.url, "VAULT_TOKEN": token, "HOME": str(tmp_path)}
+    watcher, _ = start_watcher(tmp_path, manifest, env, WatchConfig(providers={"vault": 3600}), clock=clock)
+    watcher.cycle()  # plans the token's renewal
+    c.auth.token.revoke(token)
+    caplog.set_level(logging.INFO, logger="initfetch")
+    clock.advance(2500)  # past two thirds of the hour: the renewal is due
+    watcher.cycle()
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("initfetch")]
+    expired = [m for m in messages if "no longer valid" in m]
+    assert len(expired) == 1 and "VAULT_TOKEN" in expired[0] and token not in expired[0], messages
+    assert not any("logging in again" in m or "cannot be renewed further" in m for m in messages)
+    assert not [k for k in watcher.schedule.entries if type(k).__name__ == "Login"]
+    clock.advance(2500)  # the secrets are due: their refresh fails for the same cause, one line for all
+    watcher.cycle()
+    failed = [r.getMessage() for r in caplog.records if "refresh failed" in r.getMessage()]
+    assert len(failed) == 1 and "6 secrets login-expired" in failed[0], failed

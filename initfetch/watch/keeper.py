@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from initfetch.errors import LeaseRevoked, SecretError, Unavailable
+from initfetch.errors import LeaseRevoked, LoginExpired, SecretError, Unavailable
 from initfetch.providers.base import FetchContext, Lease, Provider
 from initfetch.reference import DocKey
 from initfetch.resolve.pool import WorkerPool, run_all
@@ -176,6 +176,11 @@ class LeaseKeeper:
                 self.schedule.remove(key)
                 return False
             new = inst.login_again(self._ctx())
+        except LoginExpired as e:
+            # A token it was given and cannot replace: say so once, stop asking.
+            log.error("%s: %s; its secrets can no longer be refreshed", key.instance, e)
+            self.schedule.remove(key)
+            return False
         except SecretError as e:
             if action == sched.RENEW and not e.transient:
                 log.info(

@@ -24,6 +24,9 @@ OptionProblem = tuple[tuple[str, ...], str]
 K8S_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
 
 
+KEEP_SECRETS = 8  # credentials remembered for scrubbing: the current ones and a few before
+
+
 class LoginError(AccessDenied):
     """Credentials could not be read or were refused (permanent)."""
 
@@ -54,7 +57,7 @@ class AuthMethod:
         self.options = dict(options)
         self.environ = environ
         self.mount = str(options.get("mount") or self.default_mount).strip("/")
-        self._secrets: list[str] = []
+        self._secrets: dict[str, None] = {}  # credentials to scrub from messages, newest last
         self._env_used: set[str] = set()
 
     # --- offline validation ---
@@ -103,13 +106,21 @@ class AuthMethod:
             self._env_used.add(var)
         else:
             return None
-        self._secrets.append(value)
+        self._remember(value)
         return value
 
     def configured_env(self) -> set[str]:
         """Environment variables this method reads that are set (credential_env)."""
         names = {str(self.options[f"{n}_env"]) for n in self.CREDENTIALS if f"{n}_env" in self.options}
         return {n for n in names if n in self.environ} | self._env_used
+
+    def _remember(self, value: str) -> None:
+        """Keep a credential to scrub from Vault's messages. Bounded: a watcher logs in again for
+        months (a rotated JWT each time), and only the recent ones can still appear."""
+        self._secrets.pop(value, None)
+        self._secrets[value] = None
+        while len(self._secrets) > KEEP_SECRETS:
+            del self._secrets[next(iter(self._secrets))]
 
     def secrets(self) -> list[str]:
         return list(self._secrets)
@@ -189,7 +200,7 @@ class TokenAuth(AuthMethod):
 
     def login(self, client: Any) -> None:
         token = self._token()
-        self._secrets.append(token)
+        self._remember(token)
         client.token = token
 
 
@@ -254,7 +265,7 @@ class AppRoleAuth(AuthMethod):
         secret_id = data.get("secret_id") if isinstance(data, dict) else None
         if not isinstance(secret_id, str) or not secret_id:
             raise LoginError("the unwrapped response holds no secret_id")
-        self._secrets.append(secret_id)
+        self._remember(secret_id)
         return secret_id
 
 
@@ -268,7 +279,7 @@ class KubernetesAuth(AuthMethod):
 
     def login(self, client: Any) -> None:
         jwt = _read_file(str(self.options.get("token_file", K8S_TOKEN_FILE)), "service-account token")
-        self._secrets.append(jwt)
+        self._remember(jwt)
         client.auth.kubernetes.login(role=self.options["role"], jwt=jwt, mount_point=self.mount)
 
 

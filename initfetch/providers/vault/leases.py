@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from initfetch.errors import LeaseRevoked
+from initfetch.errors import LeaseRevoked, NotRenewable
 from initfetch.providers.base import FetchContext, Lease
 from initfetch.providers.vault.client import VaultClient
-from initfetch.providers.vault.http import vault_message
+from initfetch.providers.vault.http import call_timeout, vault_message
 
 TOKEN_LEASE_ID = "auth/token/self"  # noqa: S105 - how the token shows up as a Lease; not a real lease id
 
@@ -61,8 +61,11 @@ def _gone(lease_id: str) -> Iterator[None]:
     try:
         yield
     except hx.InvalidRequest as e:
-        if any(text in vault_message(e, []).lower() for text in GONE):
+        text = vault_message(e, []).lower()
+        if any(gone in text for gone in GONE):
             raise LeaseRevoked(f"the lease {lease_id} was revoked or has expired") from None
+        if "not renewable" in text:
+            raise NotRenewable(f"the lease {lease_id} is not renewable") from None
         raise
 
 
@@ -77,8 +80,19 @@ def token(client: VaultClient, ctx: FetchContext) -> Lease | None:
 
 
 def renew_token(client: VaultClient, increment: int, ctx: FetchContext) -> Lease:
-    with client.call(ctx, "renewing the token") as hvac:
-        response = hvac.auth.token.renew_self(increment=f"{increment}s" if increment else None)
+    """Renew the login token. A token that was given as is (it cannot be replaced) and is refused
+    goes through the client's rejection check, so a dead one is named once as LoginExpired; a
+    login method's refused token is left to the caller, which logs in again."""
+
+    def call(hvac: Any) -> Any:
+        with client.errors("renewing the token"):
+            return hvac.auth.token.renew_self(increment=f"{increment}s" if increment else None)
+
+    if client.auth.can_login_again:
+        with call_timeout(client.session, ctx.timeout):
+            response = call(client.login())
+    else:
+        response = client.run(ctx, call)
     auth = response.get("auth") if isinstance(response, dict) else None
     auth = auth if isinstance(auth, dict) else {}
     return Lease(TOKEN_LEASE_ID, int(auth.get("lease_duration") or 0), bool(auth.get("renewable")))
