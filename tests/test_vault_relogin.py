@@ -438,16 +438,9 @@ def test_a_watched_static_token_that_is_revoked_is_named_once_and_no_longer_rene
     c.secrets.kv.v2.create_or_update_secret("relogin/watched", {"password": "watched-value-1"})
     token = c.auth.token.create(policies=["root"], ttl="1h", renewable=True)["auth"]["client_token"]
     clock = Clock()
-    manifest = (
-        "version: 1\nsecrets:\n"
-        + "".join(
-            f"  pw{i}: vault://secret/relogin/watched?version=1#password\n"
-            if i
-            else "  pw0: vault://secret/relogin/watched#password\n"
-            for i in range(1)
-        )
-        + "".join(f"  k{i}: vault://secret/relogin/w{i}#password\n" for i in range(5))
-    )
+    secrets = ["  pw0: vault://secret/relogin/watched#password"]
+    secrets += [f"  k{i}: vault://secret/relogin/w{i}#password" for i in range(5)]
+    manifest = "version: 1\nsecrets:\n" + "\n".join(secrets) + "\n"
     for i in range(5):
         c.secrets.kv.v2.create_or_update_secret(f"relogin/w{i}", {"password": f"w-value-{i}"})
     env = {"VAULT_ADDR": openbao.url, "VAULT_TOKEN": token, "HOME": str(tmp_path)}
