@@ -241,3 +241,42 @@ def test_derived_forms_of_unchanged_secrets_stay_masked_across_refreshes(tmp_pat
         watcher.cycle()
         assert watcher.redactor.scrub(derived) != derived, f"unmasked after refresh {i - 1}"
     assert len(changes) == 4
+
+
+def test_templates_are_compiled_once_and_reused_by_every_refresh(project: Path) -> None:
+    """One template and one env value: two compilations in all, whatever the number of refreshes."""
+    from initfetch.templating.sandbox import Sandbox
+
+    compiled: list[str] = []
+    real = Sandbox._compile
+
+    def counting(self: Sandbox, source: str, filename: str) -> object:
+        compiled.append(filename)
+        return real(self, source, filename)
+
+    Sandbox._compile = counting  # type: ignore[method-assign]
+    try:
+        clock = Clock()
+        watcher, changes = start_watcher(project, MANIFEST, {}, config(1), clock=clock)
+        first = len(compiled)
+        for i in range(20):
+            write(project / "src/b", f"b-v{i + 2}")
+            clock.advance(2)
+            watcher.cycle()
+    finally:
+        Sandbox._compile = real  # type: ignore[method-assign]
+    assert len(changes) == 20 and first == 2
+    assert len(compiled) == first, compiled
+
+
+def test_a_secret_without_versions_changes_without_a_version_line(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    caplog.set_level(logging.INFO, logger="initfetch")
+    watcher, _ = start_watcher(project, MANIFEST, {}, config(1), clock=clock)
+    write(project / "src/a", "a-v2")
+    clock.advance(2)
+    watcher.cycle()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "secret a changed: file://src/a\n" in text + "\n" and "version -" not in text

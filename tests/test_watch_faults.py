@@ -311,3 +311,28 @@ def test_an_outage_with_300_secrets_is_a_few_log_lines(
     assert len(lines) <= 8, "\n".join(lines)
     assert outage.count("waiting for vault") == 1 and outage.count("answers again") == 1
     assert stop_timed(p)[0] == 0
+
+
+# --- 6. exec --watch without files has a status too ---------------------------------------------
+
+
+def test_exec_watch_without_files_keeps_a_status_healthcheck_can_read(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    write(tmp_path / "src/v", CANARY_WATCH)
+    write(
+        tmp_path / "initfetch.yaml",
+        "version: 1\nproviders:\n  file: {type: file, refresh: 300ms}\n"
+        "secrets:\n  v: file://src/v\nenv:\n  V: '{{ secrets.v }}'\n",
+    )
+    out = tmp_path / "status-dir"  # on disk: no secret is written there, only the marker and status
+    p = start(procs, ["exec", "--watch", "-o", str(out), "--", "sleep", "60"], clean_env(), tmp_path)
+    wait_until(lambda: (out / ".initfetch-watch.json").exists(), what="the status")
+    assert healthy(out, "2s")
+    assert sorted(f.name for f in out.iterdir()) == [
+        ".initfetch-lock",
+        ".initfetch-ready.json",
+        ".initfetch-watch.json",
+    ]
+    code, took = stop_timed(p)
+    assert code == 128 + signal.SIGTERM and took < STOP_WITHIN  # sleep died of the forwarded SIGTERM
