@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from initfetch.execute import Supervisor
 from tests.helpers import write
-from tests.watch_helpers import wait_until
+from tests.watch_helpers import supervise_with, wait_until
 
 CHILD = r"""
 import os, signal, sys, time
@@ -37,25 +35,6 @@ sys.exit(1)
 
 def lines(log: Path) -> list[list[str]]:
     return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
-
-
-def supervise_with(sup: Supervisor, script: Callable[[], None]) -> tuple[int, list[BaseException]]:
-    """Run the supervisor in this (main) thread while `script` drives it from another thread."""
-    errors: list[BaseException] = []
-
-    def drive() -> None:
-        try:
-            script()
-        except BaseException as e:  # reported by the test, after the supervisor returned
-            errors.append(e)
-            if sup.pid:
-                os.kill(sup.pid, signal.SIGKILL)
-
-    thread = threading.Thread(target=drive, daemon=True)
-    thread.start()
-    code = sup.run()
-    thread.join(30)
-    return code, errors
 
 
 def test_signal_then_restart_with_new_env_then_graceful_stop(tmp_path: Path) -> None:
