@@ -26,6 +26,7 @@ from tests.helpers import CANARY, CANARY2, assert_no_canary, clean_env, run_cli,
 from tests.watch_helpers import Proc, alive, lines, pids, start, supervise_with, wait_until
 
 procs = watch_helpers.procs
+strays = watch_helpers.strays
 
 ENV = {"PATH": os.environ["PATH"]}
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2}
@@ -76,7 +77,7 @@ def notify_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def test_a_hung_hook_returns_at_once_and_is_killed_with_its_group_after_the_timeout(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, notifiers: list[CommandNotifier]
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, notifiers: list[CommandNotifier], strays: list[int]
 ) -> None:
     caplog.set_level(logging.INFO, logger="initfetch")
     out = tmp_path / "pids"
@@ -84,7 +85,7 @@ def test_a_hung_hook_returns_at_once_and_is_killed_with_its_group_after_the_time
     began = time.monotonic()
     n(change("a"))
     assert time.monotonic() - began < 0.2  # the watcher goes on at once
-    worker, shell = pids(out, 2)
+    worker, shell = pids(out, 2, strays)
     wait_until(lambda: not alive(worker) and not alive(shell), timeout=10, what="the hook's group killed")
     assert time.monotonic() - began >= 1  # not before its timeout
     idle(n)
@@ -94,7 +95,7 @@ def test_a_hung_hook_returns_at_once_and_is_killed_with_its_group_after_the_time
 
 
 def test_close_kills_a_running_hook_and_its_children_and_drops_the_waiting_change(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, notifiers: list[CommandNotifier]
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, notifiers: list[CommandNotifier], strays: list[int]
 ) -> None:
     caplog.set_level(logging.INFO, logger="initfetch")
     runs, out = tmp_path / "runs", tmp_path / "pids"
@@ -103,7 +104,7 @@ def test_close_kills_a_running_hook_and_its_children_and_drops_the_waiting_chang
     )
     n = hook(notifiers, script, timeout=3600)
     n(change("a"))
-    worker, shell = pids(out, 2)
+    worker, shell = pids(out, 2, strays)
     n(change("b"))  # waits for the running one
     began = time.monotonic()
     n.close()
@@ -280,7 +281,7 @@ def test_exec_watch_with_a_command_only_on_change_leaves_the_application_alone(
 
 
 def test_render_watch_stop_kills_a_hook_still_running_and_its_children(
-    tmp_path: Path, procs: list[Proc]
+    tmp_path: Path, procs: list[Proc], strays: list[int]
 ) -> None:
     write(tmp_path / "src/pw", CANARY)
     out = tmp_path / "pids"
@@ -296,7 +297,7 @@ def test_render_watch_stop_kills_a_hook_still_running_and_its_children(
     )
     p.wait_log("watching for changes")
     write(tmp_path / "src/pw", CANARY2)
-    worker, shell = pids(out, 2)
+    worker, shell = pids(out, 2, strays)
     began = time.monotonic()
     assert p.stop() == 0
     assert time.monotonic() - began < 2  # a stop is prompt, whatever a hook does

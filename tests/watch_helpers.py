@@ -139,10 +139,14 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def pids(path: Path, count: int) -> list[int]:
-    """The `count` pids a test's shell wrote to `path`, one a line, once it has written them all."""
+def pids(path: Path, count: int, strays: list[int] | None = None) -> list[int]:
+    """The `count` pids a test's shell wrote to `path`, one a line, once it has written them all;
+    noted in `strays` (the fixture) to be killed at the end of the test."""
     wait_until(lambda: len(lines(path)) >= count, what=f"{count} pids in {path.name}")
-    return [int(x) for x in lines(path)[:count]]
+    found = [int(x) for x in lines(path)[:count]]
+    if strays is not None:
+        strays.extend(found)
+    return found
 
 
 def supervise_with(sup: Supervisor, script: Callable[[], None]) -> tuple[int, list[BaseException]]:
@@ -162,3 +166,13 @@ def supervise_with(sup: Supervisor, script: Callable[[], None]) -> tuple[int, li
     code = sup.run()
     thread.join(30)
     return code, errors
+
+
+@pytest.fixture
+def strays() -> Iterator[list[int]]:
+    """Pids of processes a test started; what is left of them is killed when it ends, failed or not."""
+    noted: list[int] = []
+    yield noted
+    for pid in noted:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
