@@ -89,6 +89,7 @@ class HookRunner:
             except Exception as e:  # whatever happens, the next change must still get its run
                 log.error("the on_change command %s failed: %s", self.hook.command[0], type(e).__name__)
             with self._lock:
+                self._pgid = None
                 next_change, self._pending = self._pending, None
                 if next_change is None:
                     self._running = False
