@@ -231,6 +231,7 @@ class Supervisor:
         self.stop_grace = stop_grace
         self.restarts = 0
         self.started = threading.Event()  # set once the first child runs
+        self.status: int | None = None  # the last child's wait status, once run() returned it
         # Reentrant: a signal handler runs in the main thread, maybe while it holds the lock.
         self._lock = threading.RLock()
         self._pid: int | None = None  # the child's pid, also its process group's id
@@ -271,6 +272,7 @@ class Supervisor:
                 if not self._restart or self._stopping:
                     if self._stopping:  # what is left of the group: it would die with PID 1 anyway
                         signal_group(pid, signal.SIGKILL)
+                    self.status = status
                     return _exit_code(status)
                 self._restart = False
                 log.info("%s %s; starting it again with its new environment", self.argv[0], exit_text(status))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import tests.watch_helpers as watch_helpers
-from initfetch.execute import Supervisor
+from initfetch.execute import Supervisor, exit_text
 from tests.helpers import write
 from tests.watch_helpers import alive, pids, supervise_with, wait_until
 
@@ -87,6 +87,10 @@ def test_restart_kills_a_child_that_ignores_sigterm_after_the_grace(tmp_path: Pa
 def test_child_exit_ends_the_run_with_its_code(tmp_path: Path) -> None:
     sup = Supervisor(["sh", "-c", "exit 7"], {"PATH": os.environ["PATH"]})
     assert sup.run() == 7
+    assert sup.status is not None and exit_text(sup.status) == "exited with 7"
+    sup = Supervisor(["sh", "-c", "kill -TERM $$"], {"PATH": os.environ["PATH"]})
+    assert sup.run() == 128 + signal.SIGTERM
+    assert sup.status is not None and exit_text(sup.status) == "was killed by SIGTERM"
 
 
 def test_missing_command_is_127(tmp_path: Path) -> None:
