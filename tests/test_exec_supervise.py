@@ -6,12 +6,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+import tests.watch_helpers as watch_helpers
 from tests.helpers import REPO, clean_env, write
+from tests.watch_helpers import alive, lines, pids, wait_until
+
+strays = watch_helpers.strays
 
 TRAP_CHILD = r"""
 import signal, sys, time, pathlib
@@ -27,11 +32,11 @@ sys.exit(1)
 """
 
 
-def start(tmp_path: Path, *cmd: str) -> subprocess.Popen[bytes]:
+def start(tmp_path: Path, *cmd: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     write(tmp_path / "initfetch.yaml", "version: 1\nsecrets:\n  s: env://S\nenv:\n  S2: '{{ secrets.s }}'\n")
     return subprocess.Popen(
         [sys.executable, "-m", "initfetch", "exec", "--supervise", "--", *cmd],
-        env=clean_env(S="v", PYTHONPATH=str(REPO)),
+        env=clean_env(S="v", PYTHONPATH=str(REPO), **(env or {})),
         cwd=tmp_path,
         stderr=subprocess.PIPE,
     )
@@ -116,3 +121,71 @@ def test_orphans_are_reaped_when_pid1(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     states = [line for line in r.stdout.splitlines() if line and line[0].isdigit()]
     assert states and not any("zombie" in line for line in states), r.stdout
+
+
+# Workers of a shell, each noting its pid once its SIGTERM disposition is set: one notes the
+# SIGTERM it gets and exits, one ignores it.
+NOTING_WORKER = (
+    "import os, signal, sys, time; out = open(sys.argv[1], 'a', buffering=1); "
+    "signal.signal(signal.SIGTERM, lambda s, f: (out.write('TERM\\n'), sys.exit(0))); "
+    "out.write(f'{os.getpid()}\\n'); time.sleep(1000)"
+)
+STUBBORN_WORKER = (
+    "import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "open(sys.argv[1], 'a').write(f'{os.getpid()}\\n'); time.sleep(1000)"
+)
+
+
+def test_sigterm_reaches_a_shells_workers_and_none_outlives_initfetch(
+    tmp_path: Path, strays: list[int]
+) -> None:
+    noting, stubborn = tmp_path / "noting", tmp_path / "stubborn"
+    app = f'"$PY" -c "$NOTING" {noting} & "$PY" -c "$STUBBORN" {stubborn} & wait'
+    env = {"PY": sys.executable, "NOTING": NOTING_WORKER, "STUBBORN": STUBBORN_WORKER}
+    proc = start(tmp_path, "sh", "-c", app, env=env)
+    workers = pids(noting, 1, strays) + pids(stubborn, 1, strays)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 128 + signal.SIGTERM  # the shell's own end, mirrored
+    wait_until(lambda: lines(noting)[1:] == ["TERM"], what="the worker's SIGTERM")
+    wait_until(lambda: not any(alive(p) for p in workers), timeout=10, what="no worker left")
+
+
+def test_an_interactive_application_gets_the_terminal(tmp_path: Path) -> None:
+    """`docker run -it`: initfetch is PID 1 in the foreground of a terminal; the application,
+    in its own process group, must still be able to read it (not stop on SIGTTIN)."""
+    master, slave = os.openpty()
+    # initfetch in a new session whose controlling terminal is the pty, as in a container.
+    ctty = (
+        "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+        "os.execvp(sys.argv[1], sys.argv[1:])"
+    )
+    write(tmp_path / "initfetch.yaml", "version: 1\nsecrets: {}\n")
+    got = tmp_path / "got"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ctty, sys.executable, "-m", "initfetch", "exec", "--supervise", "--",
+         "sh", "-c", f'read line; echo "got:$line" > {got}'],
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        env=clean_env(PYTHONPATH=str(REPO)), cwd=tmp_path,
+    )  # fmt: skip
+    os.close(slave)
+    output: list[bytes] = []
+    threading.Thread(target=_drain, args=(master, output), daemon=True).start()
+    os.write(master, b"hello\n")
+    try:
+        assert proc.wait(timeout=30) == 0, b"".join(output)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the session: initfetch; its stopped app gets SIGHUP
+            proc.wait(10)
+    assert got.read_text() == "got:hello\n"
+
+
+def _drain(fd: int, into: list[bytes]) -> None:
+    """Read a pty's master until the other side is gone, so no writer blocks on a full buffer."""
+    try:
+        while chunk := os.read(fd, 4096):
+            into.append(chunk)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from initfetch.execute import Supervisor
 from initfetch.manifest import load_manifest
 from initfetch.manifest.watch import WatchConfig
 from initfetch.pipeline import Pipeline, Settings
@@ -126,3 +128,51 @@ def lines(path: Path) -> list[str]:
 def fingerprint(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_ino, st.st_mtime_ns
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie, dead but not yet reaped by whoever is its parent now, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def pids(path: Path, count: int, strays: list[int] | None = None) -> list[int]:
+    """The `count` pids a test's shell wrote to `path`, one a line, once it has written them all;
+    noted in `strays` (the fixture) to be killed at the end of the test."""
+    wait_until(lambda: len(lines(path)) >= count, what=f"{count} pids in {path.name}")
+    found = [int(x) for x in lines(path)[:count]]
+    if strays is not None:
+        strays.extend(found)
+    return found
+
+
+def supervise_with(sup: Supervisor, script: Callable[[], None]) -> tuple[int, list[BaseException]]:
+    """Run the supervisor in this (main) thread while `script` drives it from another thread."""
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            script()
+        except BaseException as e:  # reported by the test, after the supervisor returned
+            errors.append(e)
+            if sup.pid:
+                os.killpg(sup.pid, signal.SIGKILL)  # the whole group: no worker left behind
+
+    thread = threading.Thread(target=drive, daemon=True)
+    thread.start()
+    code = sup.run()
+    thread.join(30)
+    return code, errors
+
+
+@pytest.fixture
+def strays() -> Iterator[list[int]]:
+    """Pids of processes a test started; what is left of them is killed when it ends, failed or not."""
+    noted: list[int] = []
+    yield noted
+    for pid in noted:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)

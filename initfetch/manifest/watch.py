@@ -7,6 +7,7 @@
     on_change: {signal: HUP}                  # exec default
     on_change: {restart: true, grace: 10s}    # SIGTERM, grace, SIGKILL, start again
     on_change: {command: [nginx, -s, reload]} # render mode: run a command
+    on_change: {command: [...], timeout: 1m}  # killed with its process group after this (30s)
 
 `parse` walks the located YAML tree the manifest loader read and reports
 problems through the loader's checker, so a bad duration is one line with its
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 
 from initfetch.errors import Loc
 
-ON_CHANGE_KEYS = {"signal", "restart", "grace", "command", "revoke_grace"}
+ON_CHANGE_KEYS = {"signal", "restart", "grace", "command", "timeout", "revoke_grace"}
 
 # Static secrets are polled; Vault Agent's default for static secrets is 5 minutes.
 DEFAULT_REFRESH = 300.0
@@ -81,6 +82,7 @@ class OnChange:
     restart: bool = False
     grace: float = 10.0  # restart: SIGTERM, then SIGKILL after this long
     command: tuple[str, ...] = ()
+    timeout: float = 30.0  # the command (and its process group) is killed after this long
     revoke_grace: float = 30.0  # a replaced lease is revoked this long after the app was told
 
 
@@ -147,7 +149,7 @@ def _on_change(chk: Checker, body: Any, where: Loc) -> OnChange:
         values["restart"] = restart
     if restart is True and "signal" in body:
         chk.add(_at(body, "signal"), "on_change: give signal or restart, not both")
-    for key in ("grace", "revoke_grace"):
+    for key in ("grace", "timeout", "revoke_grace"):
         if key in body:
             try:
                 values[key] = parse_duration(body[key])
