@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -295,6 +296,34 @@ def test_home_vault_token_is_used_when_no_variable_is_set(userpass: OpenBao, tmp
     assert fetch(p, REF).value == {"password": CANARY}
     assert p.client.auth.describe() == "token login (~/.vault-token)"
     assert p.credential_env() == set()
+
+
+def kubelet_write(volume: Path, name: str, value: str) -> None:
+    """Update a projected volume as the kubelet does: a new timestamped directory, then the
+    `..data` symlink swapped atomically; `name` is a symlink through `..data`."""
+    fresh = volume / f"..2026_{uuid.uuid4().hex}"
+    fresh.mkdir()
+    (fresh / name).write_text(value)
+    (volume / "..data_tmp").symlink_to(fresh.name)
+    (volume / "..data_tmp").replace(volume / "..data")
+    if not (volume / name).is_symlink():
+        (volume / name).symlink_to(f"..data/{name}")
+
+
+def test_a_token_file_rotated_by_symlink_swap_is_read_after_the_old_token_is_revoked(
+    userpass: OpenBao, tmp_path: Path
+) -> None:
+    c = userpass.client()
+    old = register_canary(c.auth.token.create(policies=["logins"], ttl="1h")["auth"]["client_token"])
+    kubelet_write(tmp_path, "vault-token", old)
+    auth = {"method": "token", "token_file": str(tmp_path / "vault-token")}
+    p = make_provider(userpass, {"auth": auth})
+    assert fetch(p, REF).value == {"password": CANARY}
+    new = register_canary(c.auth.token.create(policies=["logins"], ttl="1h")["auth"]["client_token"])
+    kubelet_write(tmp_path, "vault-token", new)
+    revoke(userpass, old)
+    assert fetch(p, REF).value == {"password": CANARY}
+    assert p.client.token == new and p.login_generation == 2
 
 
 # --- offline checks of the auth block -----------------------------------------------------------
