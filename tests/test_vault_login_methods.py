@@ -2,16 +2,19 @@
 certificate login over a TLS listener with a client certificate (trustme). Each logs in and
 reads a KV secret; a wrong credential is one access-denied line naming the method and never the
 credential; a revoked token is replaced by a new login on the next read; the environment
-variables used are removed from the application's environment. Also the token sources in the
-Vault CLI's order (VAULT_TOKEN, then ~/.vault-token).
+variables used are removed from the application's environment. Also `method: oidc` (a JWT on an
+oidc mount), the token sources in the Vault CLI's order (VAULT_TOKEN, then ~/.vault-token) and a
+token file rotated the way the kubelet does it.
 
 LDAP and AWS IAM are not here: OpenBao 2.7.2 builds in neither (`bao auth enable ldap` and
 `aws` answer "plugin not found in the catalog"); see docs/vault.md."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -277,6 +280,44 @@ def test_cert_logs_in_again_after_the_token_is_revoked(tls_bao: OpenBao, certs: 
     p = make_provider(tls_bao, cert_options(tls_bao, certs, name="app"))
     assert fetch(p, REF).value == {"password": CANARY}
     assert_relogin_after_revocation(tls_bao, p)
+
+
+# --- oidc (a JWT login on a mount of type oidc) -------------------------------------------------
+
+
+def test_oidc_method_logs_in_with_a_jwt_on_an_oidc_mount(userpass: OpenBao, tmp_path: Path) -> None:
+    """`method: oidc` is the jwt login on a mount of type oidc (Vault's one plugin serves both)."""
+    require(importlib.util.find_spec("jwt"), "PyJWT is not installed")
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    c = userpass.client()
+    c.sys.enable_auth_method("oidc", path="oidc-x")
+    c.adapter.post(
+        "/v1/auth/oidc-x/config",
+        json={"jwt_validation_pubkeys": [public.decode()], "bound_issuer": "https://idp.example"},
+    )
+    c.adapter.post(
+        "/v1/auth/oidc-x/role/ci",
+        json={
+            "role_type": "jwt",
+            "user_claim": "sub",
+            "bound_audiences": ["vault"],
+            "token_policies": ["logins"],
+        },
+    )
+    now = int(time.time())
+    claims = {"iss": "https://idp.example", "sub": "job-1", "aud": "vault", "iat": now, "exp": now + 300}
+    (tmp_path / "id_token").write_text(jwt.encode(claims, key, algorithm="RS256"))
+    auth = {"method": "oidc", "mount": "oidc-x", "role": "ci", "token_file": str(tmp_path / "id_token")}
+    p = make_provider(userpass, {"auth": auth})
+    assert fetch(p, REF).value == {"password": CANARY}
+    assert_relogin_after_revocation(userpass, p)
 
 
 # --- token sources in the Vault CLI's order -----------------------------------------------------
