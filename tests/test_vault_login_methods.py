@@ -25,7 +25,7 @@ import pytest
 import tests.backends.openbao as openbao_backend
 from initfetch.errors import AccessDenied
 from initfetch.providers.vault.provider import VaultProvider
-from tests.backends.openbao import OpenBao, fetch, start_openbao
+from tests.backends.openbao import OpenBao, fetch, start_fake_tokenreview, start_openbao
 from tests.conftest import require
 from tests.helpers import clean_env, register_canary, run_cli
 
@@ -318,6 +318,48 @@ def test_oidc_method_logs_in_with_a_jwt_on_an_oidc_mount(userpass: OpenBao, tmp_
     p = make_provider(userpass, {"auth": auth})
     assert fetch(p, REF).value == {"password": CANARY}
     assert_relogin_after_revocation(userpass, p)
+
+
+# --- kubernetes: a new login after revocation reads the service-account token file anew -------
+
+
+def test_kubernetes_logs_in_again_after_the_token_is_revoked(userpass: OpenBao, tmp_path: Path) -> None:
+    require(importlib.util.find_spec("jwt"), "PyJWT is not installed")
+    import trustme
+
+    from tests.test_vault_auth import service_account_jwt
+
+    api = start_fake_tokenreview("apps", "web", "uid-1")
+    try:
+        c = userpass.client()
+        c.sys.enable_auth_method("kubernetes", path="k8s-logins")
+        config = {"kubernetes_host": api.url, "disable_local_ca_jwt": True}
+        config["kubernetes_ca_cert"] = trustme.CA().cert_pem.bytes().decode()
+        c.adapter.post("/v1/auth/k8s-logins/config", json=config)
+        c.adapter.post(
+            "/v1/auth/k8s-logins/role/web",
+            json={
+                "bound_service_account_names": ["web"],
+                "bound_service_account_namespaces": ["apps"],
+                "token_policies": ["logins"],
+            },
+        )
+        (tmp_path / "token").write_text(service_account_jwt())
+        auth = {
+            "method": "kubernetes",
+            "mount": "k8s-logins",
+            "role": "web",
+            "token_file": str(tmp_path / "token"),
+        }
+        p = make_provider(userpass, {"auth": auth})
+        assert fetch(p, REF).value == {"password": CANARY}
+        rotated = service_account_jwt()  # the kubelet rotates the projected token
+        (tmp_path / "token").write_text(rotated)
+        assert_relogin_after_revocation(userpass, p)
+        reviews = [body for _, path, body in api.requests if path.endswith("/tokenreviews")]
+        assert len(reviews) == 2 and rotated.encode() in reviews[-1]
+    finally:
+        api.stop()
 
 
 # --- token sources in the Vault CLI's order -----------------------------------------------------
