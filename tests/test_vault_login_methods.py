@@ -436,6 +436,7 @@ def test_a_token_file_rotated_by_symlink_swap_is_read_after_the_old_token_is_rev
         ({"method": "cert", "name": ""}, ("auth", "name"), "non-empty"),
         ({"method": "cert", "client_cert": "/c.pem"}, ("auth", "client_cert"), "beside address"),
         ({"method": "cert", "client_key": "/k.pem"}, ("auth", "client_key"), "not under auth"),
+        ({"method": "cert", "ca_cert": "/ca.pem"}, ("auth", "ca_cert"), "give ca_file beside address"),
         ({"method": "ldap", "username": "a"}, ("auth", "method"), "unknown auth method 'ldap'"),
         ({"method": "aws", "role": "a"}, ("auth", "method"), "unknown auth method 'aws'"),
     ],

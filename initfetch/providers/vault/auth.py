@@ -361,15 +361,24 @@ class CertAuth(AuthMethod):
     default_mount = "cert"
     KEYS: ClassVar[dict[str, type]] = {"name": str}
 
-    # Vault Agent takes these in the method's block; here they are the connection's own.
-    CONNECTION_KEYS: ClassVar[tuple[str, ...]] = ("client_cert", "client_key", "ca_cert", "ca_file")
+    # Vault Agent takes these in the method's block (key -> the provider option it is here):
+    # the certificate is the connection's own, presented in its TLS handshake.
+    CONNECTION_KEYS: ClassVar[dict[str, str]] = {
+        "client_cert": "client_cert",
+        "client_key": "client_key",
+        "ca_cert": "ca_file",
+        "ca_file": "ca_file",
+    }
 
     @classmethod
     def check(cls, options: Mapping[str, Any]) -> Iterable[OptionProblem]:
         yield from super().check({k: v for k, v in options.items() if k not in cls.CONNECTION_KEYS})
-        for key in cls.CONNECTION_KEYS:
+        for key, option in cls.CONNECTION_KEYS.items():
             if key in options:
-                yield ("auth", key), f"give {key} beside address (the provider's TLS options), not under auth"
+                yield (
+                    ("auth", key),
+                    f"give {option} beside address (the provider's TLS options), not under auth",
+                )
 
     def login(self, client: Any) -> None:
         if not str(client.url).startswith("https://"):
