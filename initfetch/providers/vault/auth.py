@@ -4,6 +4,10 @@ The manifest's `auth:` block picks a method and its mount:
 
     auth: {method: approle, mount: approle, role_id_file: ..., secret_id_env: ...}
 
+Methods: token (VAULT_TOKEN, a token file, ~/.vault-token), approle, kubernetes, jwt,
+oidc, userpass and cert. LDAP and AWS IAM are not here: OpenBao no longer builds them in,
+so they cannot be tested against a real server (docs/vault.md).
+
 Each credential can come from a literal value, a file or an environment
 variable (`X`, `X_file`, `X_env`). Values read here are secrets: they never go
 into messages; `secrets()` lists them so error texts from Vault can be scrubbed.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from initfetch.errors import AccessDenied
 
@@ -92,8 +97,11 @@ class AuthMethod:
 
     # --- credentials ---
 
-    def credential(self, name: str) -> str | None:
-        """A credential from its value, file or environment variable, or None if not configured."""
+    def credential(self, name: str, secret: bool = True) -> str | None:
+        """A credential from its value, file or environment variable, or None if not configured.
+
+        A `secret` one is remembered for scrubbing. A user name is not: it is no secret, and
+        scrubbing a short word ("app") out of Vault's messages would garble them."""
         if name in self.options:
             value = str(self.options[name])
         elif f"{name}_file" in self.options:
@@ -106,7 +114,8 @@ class AuthMethod:
             self._env_used.add(var)
         else:
             return None
-        self._remember(value)
+        if secret:
+            self._remember(value)
         return value
 
     def configured_env(self) -> set[str]:
@@ -314,8 +323,80 @@ class OidcAuth(JwtAuth):
     default_mount = "oidc"
 
 
+class UserpassAuth(AuthMethod):
+    """A user name and password (`vault login -method=userpass`). The password is never inline."""
+
+    method = "userpass"
+    default_mount = "userpass"
+    CREDENTIALS: ClassVar[dict[str, bool]] = {"username": True, "password": True}
+
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> Iterable[OptionProblem]:
+        for problem in super().check(options):
+            if problem[0] == ("auth", "password"):
+                continue
+            yield problem
+        if "password" in options:
+            # A manifest is committed and shown in reviews: a password there is a leaked one.
+            yield ("auth", "password"), "give the password as password_file or password_env, not inline"
+
+    def login(self, client: Any) -> None:
+        username = self.credential("username", secret=False)
+        password = self.credential("password")
+        # The user name is a path segment: quoted, so a '/' in it cannot reach another path.
+        client.adapter.login(
+            url=f"/v1/auth/{self.mount}/login/{quote(str(username), safe='')}",
+            json={"password": password},
+        )
+
+
+class CertAuth(AuthMethod):
+    """TLS certificate login (`vault login -method=cert`): the client certificate of the
+    connection (`client_cert`/`client_key` beside `address`, or VAULT_CLIENT_CERT and
+    VAULT_CLIENT_KEY) is presented in the TLS handshake; `name` picks the certificate role
+    (without it Vault tries every role). Nothing secret passes through initfetch: the key
+    stays in its file and is read by the TLS layer."""
+
+    method = "cert"
+    default_mount = "cert"
+    KEYS: ClassVar[dict[str, type]] = {"name": str}
+
+    # Vault Agent takes these in the method's block (key -> the provider option it is here):
+    # the certificate is the connection's own, presented in its TLS handshake.
+    CONNECTION_KEYS: ClassVar[dict[str, str]] = {
+        "client_cert": "client_cert",
+        "client_key": "client_key",
+        "ca_cert": "ca_file",
+        "ca_file": "ca_file",
+    }
+
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> Iterable[OptionProblem]:
+        yield from super().check({k: v for k, v in options.items() if k not in cls.CONNECTION_KEYS})
+        for key, option in cls.CONNECTION_KEYS.items():
+            if key in options:
+                yield (
+                    ("auth", key),
+                    f"give {option} beside address (the provider's TLS options), not under auth",
+                )
+
+    def login(self, client: Any) -> None:
+        if not str(client.url).startswith("https://"):
+            raise LoginError(
+                f"{self.describe()} needs an https:// address: the client certificate is presented "
+                "in the TLS handshake"
+            )
+        if not client.session.cert:
+            raise LoginError(
+                f"{self.describe()} needs a client certificate: set client_cert and client_key "
+                "(or VAULT_CLIENT_CERT and VAULT_CLIENT_KEY)"
+            )
+        name = self.options.get("name")
+        client.adapter.login(url=f"/v1/auth/{self.mount}/login", json={"name": name} if name else {})
+
+
 METHODS: dict[str, type[AuthMethod]] = {
-    m.method: m for m in (TokenAuth, AppRoleAuth, KubernetesAuth, JwtAuth, OidcAuth)
+    m.method: m for m in (TokenAuth, AppRoleAuth, KubernetesAuth, JwtAuth, OidcAuth, UserpassAuth, CertAuth)
 }
 
 
