@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from initfetch.errors import STATIC_KINDS, BadInput
+from initfetch.errors import EXIT_UNAVAILABLE, STATIC_KINDS, BadInput, Problem, ResolveFailed, Unavailable
 from initfetch.manifest import Manifest, default_manifest_path, missing_sdks
 from initfetch.outdir.target import check_target
 from initfetch.pipeline import Mode, Pipeline, Result, Settings, load
@@ -42,6 +42,38 @@ def _settings(args: argparse.Namespace, *, writes: bool = True, allow_disk: bool
     )
 
 
+def _run(pipeline: Pipeline) -> Result:
+    """Resolve and render; a backend that never answered ends with what to check about it."""
+    try:
+        return pipeline.run()
+    except ResolveFailed as e:
+        raise _with_hints(e, pipeline) from None
+
+
+def _with_hints(e: ResolveFailed, pipeline: Pipeline) -> ResolveFailed:
+    """The error, ending in one sentence per backend that stayed unavailable until the deadline:
+    what to check (its provider says: the variable its address came from, the server, TLS)."""
+    down: dict[str, set[str]] = {}  # hint -> the instances it is about (two AWS services, one endpoint)
+    for name, (kind, _) in e.failures.items():
+        spec = pipeline.manifest.secrets.get(name)
+        inst = pipeline.resolver.instances.get(spec.ref.scheme) if spec and spec.ref else None
+        hint = inst.unreachable_hint() if inst is not None and kind == Unavailable.kind else None
+        if inst is not None and hint:
+            down.setdefault(hint, set()).add(inst.name)
+    timeout = f"--timeout ({pipeline.settings.timeout:g}s)"
+    lines = [
+        f"{' and '.join(sorted(names))} did not answer within {timeout}: {hint}"
+        for hint, names in sorted(down.items(), key=lambda item: sorted(item[1]))
+    ]
+    if len(lines) == 1 and e.exit_code == EXIT_UNAVAILABLE:
+        e.headline = lines[0]  # the last line says what to do
+        return e
+    e.problems.extend(Problem(None, line) for line in lines)
+    if lines and e.exit_code == EXIT_UNAVAILABLE:
+        e.headline = f"{len(lines)} backends did not answer within {timeout}: check what each line above says"
+    return e
+
+
 def _written(pipeline: Pipeline, result: Result) -> None:
     result.written = written = pipeline.write(result.resolution.info, result.rendered)
     log.info("wrote %d file(s) and the completion marker to %s", len(written.files), written.out_dir)
@@ -56,7 +88,7 @@ def cmd_render(args: argparse.Namespace, env: Mapping[str, str], redactor: Redac
     check_target(Path(args.out), args.allow_disk, manifest.outputs)  # fail before any backend is asked
     with Pipeline(manifest, env, redactor, _settings(args)) as pipeline:
         pipeline.claim("render --watch" if args.watch else "render")
-        result = pipeline.run()
+        result = _run(pipeline)
         _written(pipeline, result)
         if args.watch:  # --watch holds too; --hold alone holds and never refreshes
             from initfetch.watch.run import Options, render_watch
@@ -105,7 +137,7 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
     with Pipeline(manifest, env, redactor, settings) as pipeline:
         if writes:
             pipeline.claim("exec --watch" if args.watch else "exec")
-        result = pipeline.run()
+        result = _run(pipeline)
         if writes:
             _written(pipeline, result)
         variables = len(result.rendered.env)
@@ -142,7 +174,7 @@ def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Reda
     mode = Mode.PREVIEW_OFFLINE if args.offline else Mode.PREVIEW
     manifest = load(_manifest_path(args, env), env, mode)
     with Pipeline(manifest, env, redactor, settings, mode) as pipeline:
-        result = pipeline.run()  # the real render must succeed too
+        result = _run(pipeline)  # the real render must succeed too
         resolution, rendered = result.resolution, result.rendered
         if args.offline:
             preview.show(sys.stdout, manifest, rendered, sizes={})
