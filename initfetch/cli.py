@@ -210,8 +210,8 @@ OPTIONS: tuple[Option, ...] = (
     _switch("--reveal", "show real values", ("preview",)),
     Option(
         ("--strict",),
-        "exit 2 when check can only warn: a provider's client library is not installed, "
-        "a reference is not checked because a variable is unset",
+        "exit 2 when a provider the manifest uses has no client library installed "
+        "(render would fail here), instead of a warning",
         ("check",),
         "INITFETCH_STRICT",
         switch=True,
