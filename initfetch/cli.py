@@ -227,8 +227,9 @@ OPTIONS: tuple[Option, ...] = (
         ("--dir",),
         "where to write initfetch.yaml and templates/",
         ("init",),
+        "INITFETCH_DIR",
         fallback=".",
-        shown="current directory",
+        shown="$INITFETCH_DIR, else the current directory",
     ),
 )
 

@@ -241,7 +241,11 @@ def _judge(manifest: Manifest, strict: bool) -> None:
     every environment's variables."""
     missing = missing_sdks(manifest)
     extras = missing_extras(manifest)
-    install = f"pip install 'initfetch[{','.join(extras)}]'"
+    # initfetch is installed from its repository (README, "Install"), not from an index
+    install = (
+        f"pip install '.[{','.join(extras)}]' in the initfetch checkout "
+        f"(the image: --build-arg EXTRAS={','.join(extras)})"
+    )
     unexpanded = [s.name for s in manifest.secrets.values() if s.ref is None]
     unchecked = f"not checked beyond syntax (unset variables): {', '.join(unexpanded)}"
     counts = (
