@@ -1,6 +1,12 @@
 """Command line: parse flags (each with an INITFETCH_* twin) and run one command
 (initfetch.commands).
 
+An option that several commands take (a *common* option: --timeout, -o,
+--log-level, ...) may come before or after the command, with the same meaning;
+after the command it wins. Given before a command it does not apply to, it is a
+usage error. Defaults come from the INITFETCH_* twins once the command is known,
+so a value given before the command is never overwritten by a default.
+
 Every failure ends here as one line per problem and the documented exit code;
 no traceback reaches the user, and every line passes through the redactor.
 """
@@ -14,7 +20,8 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import NoReturn
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from initfetch import __version__
 from initfetch.commands import COMMANDS
@@ -26,6 +33,7 @@ from initfetch.resolve.resolver import DEFAULT_CONCURRENCY
 log = logging.getLogger("initfetch")
 
 TRUE = {"1", "true", "yes", "on"}
+BEFORE = "before_command_"  # namespace prefix of a common option given before the command
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,18 +52,197 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    return env.get(name, "").strip().lower() in TRUE
-
-
-def _switch(p: argparse.ArgumentParser, env: Mapping[str, str], flag: str, help: str) -> None:
-    """An on/off flag whose INITFETCH_* twin (`--allow-disk`: INITFETCH_ALLOW_DISK=1) turns it on."""
-    var = "INITFETCH_" + flag.removeprefix("--").upper().replace("-", "_")
-    p.add_argument(flag, action="store_true", default=_flag(env, var), help=f"{help} [${var}=1]")
-
-
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+FETCHING = ("render", "exec", "preview")  # the commands that ask backends
+WRITING = ("render", "exec")
+ALL = ("render", "exec", "preview", "check", "healthcheck", "init")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of one or more commands, with its INITFETCH_* twin.
+
+    `switch`: an on/off flag, on when its twin is 1/true/yes/on. Otherwise the twin (else
+    `fallback`) is the default, converted by `kind` and checked against `choices` like a value
+    given on the command line.
+    """
+
+    flags: tuple[str, ...]
+    help: str
+    commands: tuple[str, ...]
+    twin: str | None = None  # INITFETCH_* variable; None: no twin
+    fallback: str | None = None
+    kind: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] | None = None
+    switch: bool = False
+    metavar: str | None = None
+    shown: str | None = None  # what the help's [brackets] say, when not the twin and fallback
+
+    @property
+    def dest(self) -> str:
+        return self.flags[-1].removeprefix("--").replace("-", "_")
+
+    @property
+    def common(self) -> bool:
+        """Taken by several commands: accepted before the command too."""
+        return len(self.commands) > 1
+
+    def add(self, parser: argparse.ArgumentParser, *, before: bool = False) -> None:
+        """Add this option to a command's parser, or (`before`) to the main one; without a
+        default either way (see `default`)."""
+        dest = BEFORE + self.dest if before else self.dest
+        kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS}
+        if self.switch:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.update(
+                type=self.kind,
+                choices=self.choices,
+                metavar=self.metavar or (None if self.choices else self.dest.upper()),
+            )
+        twin = f"${self.twin}=1" if self.switch else f"${self.twin}" if self.twin else ""
+        shown = self.shown or ", ".join(x for x in (twin, self.fallback) if x)
+        text = f"{self.help} [{shown}]" if shown else self.help
+        if before and self.commands != ALL:
+            text += f" ({', '.join(self.commands)})"
+        parser.add_argument(*self.flags, help=text, **kwargs)
+
+    def default(self, env: Mapping[str, str]) -> Any:
+        """The value when the option is not given; ValueError says what is wrong with its twin."""
+        raw = env.get(self.twin, "") if self.twin else ""
+        if self.switch:
+            return raw.strip().lower() in TRUE
+        value: Any = raw or self.fallback
+        if value is None:
+            return None
+        if self.kind is not None:
+            try:
+                value = self.kind(value)
+            except argparse.ArgumentTypeError as e:
+                raise ValueError(f"{self.twin} ({self.flags[-1]}): {e}") from None
+            except (TypeError, ValueError):
+                kind = getattr(self.kind, "__name__", "value")
+                raise ValueError(f"{self.twin} ({self.flags[-1]}): invalid {kind} value: {value!r}") from None
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{self.twin} must be one of {', '.join(self.choices)}")
+        return value
+
+
+def _switch(flag: str, help: str, commands: tuple[str, ...]) -> Option:
+    """An on/off flag whose INITFETCH_* twin (`--allow-disk`: INITFETCH_ALLOW_DISK=1) turns it on."""
+    twin = "INITFETCH_" + flag.removeprefix("--").upper().replace("-", "_")
+    return Option((flag,), help, commands, twin, switch=True)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        ("--log-format",),
+        "text or JSON lines on stderr",
+        ALL,
+        "INITFETCH_LOG_FORMAT",
+        "text",
+        choices=LOG_FORMATS,
+    ),
+    Option(
+        ("--log-level",),
+        "console level; debug also prints the audit records",
+        ALL,
+        "INITFETCH_LOG_LEVEL",
+        "info",
+        choices=LOG_LEVELS,
+    ),
+    Option(
+        ("--audit-file",),
+        "append one JSON audit record per reference to this file, whatever the log level",
+        FETCHING,
+        "INITFETCH_AUDIT_FILE",
+    ),
+    Option(
+        ("-m", "--manifest"),
+        "manifest file",
+        ("render", "exec", "preview", "check"),
+        # no default here: commands read INITFETCH_MANIFEST, as exec must tell "none given" apart
+        shown="$INITFETCH_MANIFEST, else ./initfetch.yaml",
+    ),
+    Option(
+        ("--timeout",),
+        "overall deadline in seconds for resolving and rendering, retries included",
+        FETCHING,
+        "INITFETCH_TIMEOUT",
+        "60",
+        kind=float,
+    ),
+    Option(
+        ("--concurrency",),
+        "maximum backend calls in flight in all; each provider instance also has its own "
+        "ceiling (concurrency: in the manifest)",
+        FETCHING,
+        "INITFETCH_CONCURRENCY",
+        str(DEFAULT_CONCURRENCY),
+        kind=_positive_int,
+    ),
+    Option(("-o", "--out"), "output directory", (*WRITING, "healthcheck"), "INITFETCH_OUT", "/run/secrets"),
+    _switch("--allow-disk", "write even if the output directory is not on tmpfs/ramfs", WRITING),
+    _switch(
+        "--hold", "after writing, stay up until SIGTERM (sidecar; keeps a tmpfs volume mounted)", ("render",)
+    ),
+    _switch("--supervise", "stay as PID 1: forward signals, reap zombies, mirror the exit code", ("exec",)),
+    _switch(
+        "--require-secrets",
+        "refuse to start CMD without secrets (no manifest and no initfetch+ reference, or a manifest "
+        "that declares none): exit 2 instead of a warning",
+        ("exec",),
+    ),
+    _switch(
+        "--watch",
+        "stay up and keep the render current: poll static secrets, renew or replace leases, "
+        "apply on_change (exec: supervise the command)",
+        WRITING,
+    ),
+    _switch(
+        "--revoke-on-exit",
+        "with --watch: revoke the leases (and the login token) initfetch created when it stops",
+        WRITING,
+    ),
+    _switch("--wipe-on-exit", "with --watch: remove the rendered files when it stops", WRITING),
+    _switch("--offline", "contact nothing; render with placeholders", ("preview",)),
+    _switch("--reveal", "show real values", ("preview",)),
+    Option(
+        ("--strict",),
+        "exit 2 when a provider the manifest uses has no client library installed "
+        "(render would fail here), instead of a warning",
+        ("check",),
+        "INITFETCH_STRICT",
+        switch=True,
+    ),
+    Option(
+        ("--max-stale",),
+        "unhealthy once the render was last confirmed current longer ago than this (30s, 5m, 1h)",
+        ("healthcheck",),
+        "INITFETCH_MAX_STALE",
+        metavar="DURATION",
+    ),
+    Option(
+        ("--dir",),
+        "where to write initfetch.yaml and templates/",
+        ("init",),
+        "INITFETCH_DIR",
+        fallback=".",
+        shown="$INITFETCH_DIR, else the current directory",
+    ),
+)
+
+BY_FLAG = {flag: opt for opt in OPTIONS for flag in opt.flags}
+
+SUMMARIES = {
+    "render": "resolve, render and write every file, then exit (init container) or hold (sidecar)",
+    "exec": "resolve and render, then run CMD with the secrets in its environment",
+    "preview": "print what would be written and exported, values masked unless --reveal",
+    "check": "validate the manifest and templates offline, no backend contacted",
+    "healthcheck": "exit 0 once a complete render is in place in the output directory",
+    "init": "write a commented starter manifest and template; never overwrites",
+}
 
 EXAMPLES = {
     "render": """examples:
@@ -67,12 +254,14 @@ EXAMPLES = {
   initfetch exec -- ./server --port 8080         # render, then replace itself with the app
   initfetch exec --supervise -- ./server         # stay as PID 1: forward signals, reap, mirror the exit code
   initfetch exec --watch -- ./server             # supervise, and keep files and environment current
-  DB_PASSWORD=initfetch+vault://secret/app#password initfetch exec -- ./server   # no manifest""",
+  DB_PASSWORD=initfetch+vault://secret/app#password initfetch exec -- ./server   # no manifest
+  INITFETCH_REQUIRE_SECRETS=1 initfetch exec -- ./server   # never start without secrets""",
     "preview": """examples:
   initfetch preview                              # resolve, print what would be written, values masked
   initfetch preview --offline                    # no backend, no credentials: placeholders""",
     "check": """examples:
-  initfetch check -m deploy/initfetch.yaml       # manifest and templates, offline; exit 2 on a problem""",
+  initfetch check -m deploy/initfetch.yaml       # manifest and templates, offline; exit 2 on a problem
+  initfetch check --strict                       # CI: a missing provider library is an error too""",
     "healthcheck": """examples:
   initfetch healthcheck -o /run/secrets          # exit 0 once a complete render is in place, else 1
   initfetch healthcheck --max-stale 10m          # and not older than 10 minutes (watch mode)""",
@@ -81,185 +270,89 @@ EXAMPLES = {
 }
 
 
-def _group(build: Callable[[_Parser], object]) -> _Parser:
-    """A parent parser holding one group of options."""
-    group = _Parser(add_help=False)
-    build(group)
-    return group
+class _MainParser(_Parser):
+    """The top-level parser. After parsing, a common option given before the command is
+    checked against the command and used unless given after it too; every option the
+    command takes and was not given gets its default from its twin."""
 
+    def __init__(self, env: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.env = env
 
-def _logging_options(env: Mapping[str, str], defaults: bool) -> _Parser:
-    """--log-format/--log-level, on the main parser (with the defaults) and on every command.
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        args = list(sys.argv[1:] if args is None else args)
+        self._one_command_options_before(args)
+        ns, rest = super().parse_known_args(args, namespace)
+        for arg in rest:  # an option of another command, before or after this one
+            opt = BY_FLAG.get(arg.partition("=")[0])
+            if opt is not None:
+                self._misplaced(arg.partition("=")[0], opt, ns.command)
+        command = ns.command
+        for key in [k for k in vars(ns) if k.startswith(BEFORE)]:
+            value = vars(ns).pop(key)
+            opt = next(o for o in OPTIONS if o.dest == key.removeprefix(BEFORE))
+            if command not in opt.commands:
+                self._misplaced(opt.flags[-1], opt, command)
+            if not hasattr(ns, opt.dest):  # given after the command too: that one wins
+                setattr(ns, opt.dest, value)
+        for opt in OPTIONS:
+            if command in opt.commands and not hasattr(ns, opt.dest):
+                try:
+                    setattr(ns, opt.dest, opt.default(self.env))
+                except ValueError as e:
+                    self.error(str(e))
+        return ns, rest
 
-    On the commands the default is SUPPRESS: a value given before the command
-    (`initfetch --log-level error render`) is not overwritten by a default after it.
-    """
+    def _one_command_options_before(self, args: list[str]) -> None:
+        """`initfetch --hold render`: said plainly, before argparse takes a value for the command."""
+        for i, arg in enumerate(args):
+            if arg in SUMMARIES or arg == "--":
+                return
+            opt = BY_FLAG.get(arg.partition("=")[0])
+            if opt is not None and not opt.common:
+                command = next((a for a in args[i:] if a in SUMMARIES), None)
+                if command is not None:
+                    self._misplaced(arg.partition("=")[0], opt, command)
 
-    def build(g: _Parser) -> None:
-        g.add_argument(
-            "--log-format",
-            choices=LOG_FORMATS,
-            default=env.get("INITFETCH_LOG_FORMAT", "text") if defaults else argparse.SUPPRESS,
-            help="text or JSON lines on stderr [$INITFETCH_LOG_FORMAT, text]",
-        )
-        g.add_argument(
-            "--log-level",
-            choices=LOG_LEVELS,
-            default=env.get("INITFETCH_LOG_LEVEL", "info") if defaults else argparse.SUPPRESS,
-            help="console level; debug also prints the audit records [$INITFETCH_LOG_LEVEL, info]",
-        )
-
-    return _group(build)
-
-
-def _audit_option(env: Mapping[str, str], defaults: bool) -> _Parser:
-    return _group(
-        lambda g: g.add_argument(
-            "--audit-file",
-            default=env.get("INITFETCH_AUDIT_FILE") if defaults else argparse.SUPPRESS,
-            help="append one JSON audit record per reference to this file, whatever the log level "
-            "[$INITFETCH_AUDIT_FILE]",
-        )
-    )
-
-
-def _manifest_option(env: Mapping[str, str]) -> _Parser:
-    return _group(
-        lambda g: g.add_argument(
-            "-m",
-            "--manifest",
-            default=None,
-            help="manifest file [$INITFETCH_MANIFEST, else ./initfetch.yaml]",
-        )
-    )
-
-
-def _fetching_options(env: Mapping[str, str]) -> _Parser:
-    def build(g: _Parser) -> None:
-        g.add_argument(
-            "--timeout",
-            type=float,
-            default=env.get("INITFETCH_TIMEOUT", "60"),  # a string default goes through type=
-            help="overall deadline in seconds for resolving and rendering, retries included "
-            "[$INITFETCH_TIMEOUT, 60]",
-        )
-        g.add_argument(
-            "--concurrency",
-            type=_positive_int,
-            default=env.get("INITFETCH_CONCURRENCY", str(DEFAULT_CONCURRENCY)),
-            help="maximum backend calls in flight in all; each provider instance also has its own "
-            f"ceiling (concurrency: in the manifest) [$INITFETCH_CONCURRENCY, {DEFAULT_CONCURRENCY}]",
-        )
-
-    return _group(build)
-
-
-def _out_dir_option(env: Mapping[str, str]) -> _Parser:
-    return _group(
-        lambda g: g.add_argument(
-            "-o",
-            "--out",
-            default=env.get("INITFETCH_OUT", "/run/secrets"),
-            help="output directory [$INITFETCH_OUT, /run/secrets]",
-        )
-    )
-
-
-def _writing_option(env: Mapping[str, str]) -> _Parser:
-    return _group(
-        lambda g: _switch(g, env, "--allow-disk", "write even if the output directory is not on tmpfs/ramfs")
-    )
+    def _misplaced(self, flag: str, opt: Option, command: str) -> NoReturn:
+        if command in opt.commands:  # an option of this command alone, given before it
+            self.error(
+                f"{flag} is an option of {command}: it goes after the command (initfetch {command} {flag})"
+            )
+        takes = " and ".join(", ".join(opt.commands).rsplit(", ", 1))
+        self.error(f"{flag} does not apply to {command}: it is an option of {takes}")
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = _MainParser(
+        env,
         prog="initfetch",
         description="Fetch secrets from Vault/OpenBao, AWS and Azure into tmpfs files or a process "
         "environment: init container, sidecar or ENTRYPOINT wrapper.",
-        epilog="Run 'initfetch COMMAND --help' for a command's options and examples.",
-        parents=[_logging_options(env, True), _audit_option(env, True)],
+        epilog="The options above may also come after the command. "
+        "Run 'initfetch COMMAND --help' for a command's options and examples.",
     )
     parser.add_argument("--version", action="version", version=f"initfetch {__version__}")
+    for opt in OPTIONS:
+        if opt.common:
+            opt.add(parser, before=True)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
-    logs, audits = _logging_options(env, False), _audit_option(env, False)
-    manifest, fetching = _manifest_option(env), _fetching_options(env)
-    out_dir, writing = _out_dir_option(env), _writing_option(env)
-
-    def command(name: str, parents: list[_Parser], summary: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
+    for name, summary in SUMMARIES.items():
+        p = sub.add_parser(
             name,
-            parents=[logs, *parents],
             help=summary,
             description=summary[0].upper() + summary[1:] + ".",
             epilog=EXAMPLES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-
-    p = command(
-        "render",
-        [audits, manifest, fetching, out_dir, writing],
-        "resolve, render and write every file, then exit (init container) or hold (sidecar)",
-    )
-    _render_flags(p, env)
-    p = command(
-        "exec",
-        [audits, manifest, fetching, out_dir, writing],
-        "resolve and render, then run CMD with the secrets in its environment",
-    )
-    _exec_flags(p, env)
-    p = command(
-        "preview",
-        [audits, manifest, fetching],
-        "print what would be written and exported, values masked unless --reveal",
-    )
-    _preview_flags(p, env)
-    command("check", [manifest], "validate the manifest and templates offline, no backend contacted")
-    p = command("healthcheck", [out_dir], "exit 0 once a complete render is in place in the output directory")
-    p.add_argument(
-        "--max-stale",
-        default=env.get("INITFETCH_MAX_STALE") or None,
-        metavar="DURATION",
-        help="unhealthy once the render was last confirmed current longer ago than this (30s, 5m, 1h) "
-        "[$INITFETCH_MAX_STALE]",
-    )
-    p = command("init", [], "write a commented starter manifest and template; never overwrites")
-    p.add_argument(
-        "--dir", default=".", help="where to write initfetch.yaml and templates/ [current directory]"
-    )
+        for opt in OPTIONS:
+            if name in opt.commands:
+                opt.add(p)
+        if name == "exec":
+            p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARG...")
     return parser
-
-
-def _render_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    _switch(p, env, "--hold", "after writing, stay up until SIGTERM (sidecar; keeps a tmpfs volume mounted)")
-    _watch_flags(p, env)
-
-
-def _exec_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    _switch(p, env, "--supervise", "stay as PID 1: forward signals, reap zombies, mirror the exit code")
-    _watch_flags(p, env)
-    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARG...")
-
-
-def _preview_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    _switch(p, env, "--offline", "contact nothing; render with placeholders")
-    _switch(p, env, "--reveal", "show real values")
-
-
-def _watch_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    _switch(
-        p,
-        env,
-        "--watch",
-        "stay up and keep the render current: poll static secrets, renew or replace leases, "
-        "apply on_change (exec: supervise the command)",
-    )
-    _switch(
-        p,
-        env,
-        "--revoke-on-exit",
-        "with --watch: revoke the leases (and the login token) initfetch created when it stops",
-    )
-    _switch(p, env, "--wipe-on-exit", "with --watch: remove the rendered files when it stops")
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -268,14 +361,12 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     env = dict(os.environ if environ is None else environ)
-    parser = build_parser(env)
-    args = parser.parse_args(argv)
-    for name, choices in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS)):
-        if getattr(args, name) not in choices:  # argparse does not check defaults taken from INITFETCH_*
-            parser.error(f"INITFETCH_{name.upper()} must be one of {', '.join(choices)}")
+    args = build_parser(env).parse_args(argv)
     redactor = Redactor()
     try:
-        setup_logging(redactor, fmt=args.log_format, level=args.log_level, audit_file=args.audit_file)
+        setup_logging(
+            redactor, fmt=args.log_format, level=args.log_level, audit_file=getattr(args, "audit_file", None)
+        )
     except OSError as e:
         sys.stderr.write(f"initfetch: error: cannot open the audit file: {e.strerror}\n")
         return 2

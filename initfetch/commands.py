@@ -15,8 +15,15 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from initfetch.errors import STATIC_KINDS, BadInput
-from initfetch.manifest import Manifest, default_manifest_path, missing_sdks
+from initfetch.errors import EXIT_UNAVAILABLE, STATIC_KINDS, BadInput, Problem, ResolveFailed, Unavailable
+from initfetch.manifest import (
+    NO_MANIFEST,
+    Manifest,
+    default_manifest_path,
+    missing_extras,
+    missing_sdks,
+    searched,
+)
 from initfetch.outdir.target import check_target
 from initfetch.pipeline import Mode, Pipeline, Result, Settings, load
 from initfetch.redact import Redactor
@@ -42,6 +49,38 @@ def _settings(args: argparse.Namespace, *, writes: bool = True, allow_disk: bool
     )
 
 
+def _run(pipeline: Pipeline) -> Result:
+    """Resolve and render; a backend that never answered ends with what to check about it."""
+    try:
+        return pipeline.run()
+    except ResolveFailed as e:
+        raise _with_hints(e, pipeline) from None
+
+
+def _with_hints(e: ResolveFailed, pipeline: Pipeline) -> ResolveFailed:
+    """The error, ending in one sentence per backend that stayed unavailable until the deadline:
+    what to check (its provider says: the variable its address came from, the server, TLS)."""
+    down: dict[str, set[str]] = {}  # hint -> the instances it is about (two AWS services, one endpoint)
+    for name, (kind, _) in e.failures.items():
+        spec = pipeline.manifest.secrets.get(name)
+        inst = pipeline.resolver.instances.get(spec.ref.scheme) if spec and spec.ref else None
+        hint = inst.unreachable_hint() if inst is not None and kind == Unavailable.kind else None
+        if inst is not None and hint:
+            down.setdefault(hint, set()).add(inst.name)
+    timeout = f"--timeout ({pipeline.settings.timeout:g}s)"
+    lines = [
+        f"{' and '.join(sorted(names))} did not answer within {timeout}: {hint}"
+        for hint, names in sorted(down.items(), key=lambda item: sorted(item[1]))
+    ]
+    if len(lines) == 1 and e.exit_code == EXIT_UNAVAILABLE:
+        e.headline = lines[0]  # the last line says what to do
+        return e
+    e.problems.extend(Problem(None, line) for line in lines)
+    if lines and e.exit_code == EXIT_UNAVAILABLE:
+        e.headline = f"{len(lines)} backends did not answer within {timeout}: check what each line above says"
+    return e
+
+
 def _written(pipeline: Pipeline, result: Result) -> None:
     result.written = written = pipeline.write(result.resolution.info, result.rendered)
     log.info("wrote %d file(s) and the completion marker to %s", len(written.files), written.out_dir)
@@ -56,7 +95,7 @@ def cmd_render(args: argparse.Namespace, env: Mapping[str, str], redactor: Redac
     check_target(Path(args.out), args.allow_disk, manifest.outputs)  # fail before any backend is asked
     with Pipeline(manifest, env, redactor, _settings(args)) as pipeline:
         pipeline.claim("render --watch" if args.watch else "render")
-        result = pipeline.run()
+        result = _run(pipeline)
         _written(pipeline, result)
         if args.watch:  # --watch holds too; --hold alone holds and never refreshes
             from initfetch.watch.run import Options, render_watch
@@ -96,6 +135,7 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
 
         guard_first_render()
     manifest = _exec_manifest(args, env)
+    _unconfigured(args, env, manifest, cmd[0])
     if manifest.outputs:
         check_target(Path(args.out), args.allow_disk, manifest.outputs)
     # exec --watch writes its marker and status even without files, so healthcheck can judge it;
@@ -105,20 +145,21 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
     with Pipeline(manifest, env, redactor, settings) as pipeline:
         if writes:
             pipeline.claim("exec --watch" if args.watch else "exec")
-        result = pipeline.run()
+        result = _run(pipeline)
         if writes:
             _written(pipeline, result)
         variables = len(result.rendered.env)
+        source = "the manifest" if manifest.path is not None else "initfetch+ references"
         if args.watch:
             from initfetch.watch.run import Options, exec_watch
 
             log.info(
-                "starting %s with %d variable(s) from the manifest; watching for changes", cmd[0], variables
+                "starting %s with %d variable(s) from %s; watching for changes", cmd[0], variables, source
             )
             opts = Options(revoke_on_exit=args.revoke_on_exit, wipe_on_exit=args.wipe_on_exit)
             return exec_watch(pipeline, result, cmd, opts)
         child = execute.child_env(env, result.rendered.env, pipeline.credentials(result.resolution))
-    log.info("starting %s with %d variable(s) from the manifest", cmd[0], variables)
+    log.info("starting %s with %d variable(s) from %s", cmd[0], variables, source)
     return execute.supervise(cmd, child) if args.supervise else execute.replace(cmd, child)
 
 
@@ -129,10 +170,31 @@ def _exec_manifest(args: argparse.Namespace, env: Mapping[str, str]) -> Manifest
         return load(path, env, Mode.RENDER)
     from initfetch.manifest.zeroconf import manifest_from_env
 
-    manifest = manifest_from_env(env, Path.cwd())
-    if not manifest.secrets:
-        log.info("no manifest (%s) and no initfetch+ references in the environment; starting as is", path)
-    return manifest
+    return manifest_from_env(env, Path.cwd())
+
+
+def _unconfigured(args: argparse.Namespace, env: Mapping[str, str], manifest: Manifest, program: str) -> None:
+    """exec with nothing to resolve: said at the default level (an image started in the wrong
+    directory would otherwise run without its secrets), and an error under --require-secrets."""
+    if manifest.secrets:
+        return
+    if manifest.path is None:
+        where = searched(_manifest_path(args, env))
+        what = f"no manifest ({where}) and no initfetch+ reference in the environment"
+    else:
+        what = f"{manifest.path} declares no secrets"
+    if args.require_secrets:
+        raise BadInput(
+            f"{what}; --require-secrets (INITFETCH_REQUIRE_SECRETS) will not start {program} without secrets",
+            headline=NO_MANIFEST if manifest.path is None else "nothing to resolve",
+        )
+    if manifest.path is None:
+        log.warning(
+            "%s: starting %s without secrets; %s (INITFETCH_REQUIRE_SECRETS=1 makes this an error)",
+            what,
+            program,
+            NO_MANIFEST.removeprefix("no manifest: "),
+        )
 
 
 def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
@@ -142,7 +204,7 @@ def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Reda
     mode = Mode.PREVIEW_OFFLINE if args.offline else Mode.PREVIEW
     manifest = load(_manifest_path(args, env), env, mode)
     with Pipeline(manifest, env, redactor, settings, mode) as pipeline:
-        result = pipeline.run()  # the real render must succeed too
+        result = _run(pipeline)  # the real render must succeed too
         resolution, rendered = result.resolution, result.rendered
         if args.offline:
             preview.show(sys.stdout, manifest, rendered, sizes={})
@@ -168,16 +230,38 @@ def cmd_check(args: argparse.Namespace, env: Mapping[str, str], redactor: Redact
     problems = [p for p in attempt.problems if p.kind in STATIC_KINDS]
     if problems:
         raise BadInput(problems, headline="templates failed to render")
-    for problem in missing_sdks(manifest):
-        log.warning("%s", problem)
+    _judge(manifest, args.strict)
+    return 0
+
+
+def _judge(manifest: Manifest, strict: bool) -> None:
+    """check's verdict in its last line: ok, or valid but not renderable by this installation
+    (a provider's client library is not installed), which --strict makes an error (exit 2) for
+    CI. References left unchecked (unset variables) stay a warning: a CI job need not hold
+    every environment's variables."""
+    missing = missing_sdks(manifest)
+    extras = missing_extras(manifest)
+    # initfetch is installed from its repository (README, "Install"), not from an index
+    install = (
+        f"pip install '.[{','.join(extras)}]' in the initfetch checkout "
+        f"(the image: --build-arg EXTRAS={','.join(extras)})"
+    )
     unexpanded = [s.name for s in manifest.secrets.values() if s.ref is None]
-    if unexpanded:
-        log.warning("not checked beyond syntax (unset variables): %s", ", ".join(unexpanded))
-    print(
-        f"ok: {manifest.path}: {len(manifest.secrets)} secret(s), {len(manifest.outputs)} file(s), "
+    unchecked = f"not checked beyond syntax (unset variables): {', '.join(unexpanded)}"
+    counts = (
+        f"{manifest.path}: {len(manifest.secrets)} secret(s), {len(manifest.outputs)} file(s), "
         f"{len(manifest.env)} env variable(s)"
     )
-    return 0
+    if strict and missing:
+        raise BadInput(missing, headline=f"this installation cannot render it (--strict): first {install}")
+    for problem in missing:
+        log.warning("%s", problem)
+    if unexpanded:
+        log.warning("%s", unchecked)
+    if missing:
+        print(f"valid, but this installation cannot render it: {counts}; first {install}")
+    else:
+        print(f"ok: {counts}")
 
 
 def cmd_healthcheck(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:

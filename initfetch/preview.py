@@ -1,25 +1,33 @@
 """`preview`: what a render would write and export, values masked.
 
-Masking never works by finding values in the real output: a template can
-transform a value in ways no lookup recognises (`upper`, `urlencode`,
-slicing). Instead the templates are rendered a second time with *shadow*
-values: the same shapes (maps, lists, JSON documents stay JSON) with every
-leaf replaced by a `<secret:name/key>` placeholder. That render contains no
-value at all, and shows where each secret lands and how it is transformed.
-An output whose template needs the real content (`b64decode` of a secret,
-say) cannot render with placeholders; only its size is shown.
+Masking is by construction, never by finding values in the real output: a
+template can transform a value in ways no lookup recognises (`upper`,
+`urlencode`, slicing), and a short value found by searching would turn
+unrelated text into a placeholder. Instead the templates are rendered a second
+time with *shadow* values: the same shapes (maps, lists, JSON documents stay
+JSON) with every leaf replaced by a `<secret:name/key>` placeholder, so each
+placeholder is produced exactly where a value is inserted. That render contains
+no value at all, and shows where each secret lands and how it is transformed.
+An output whose template needs the real content (`b64decode` of a secret, say)
+cannot render with placeholders; only its size is shown.
 `--offline` renders with placeholders of unknown shape and contacts nothing.
 
-The shadow render is then scrubbed through the redactor as well: a template
-can pull a secret in without going through `secrets` (`{% include %}` of the
-very file a `file://` secret reads), and that content is a registered value.
+The redactor then looks at what the shadow render holds besides placeholders,
+for values that reached it some other way (an `{% include %}` of a file that
+holds a value). It never rewrites text inside a placeholder, and it skips
+values too short to tell from ordinary words (under FIELD_MIN_LEN characters)
+and values that occur in the templates' own text, the secret names or the keys
+of map values: those are not secret, and masking them would both garble the
+preview and hint at the value. The include of a `file://` secret shows its
+placeholder whatever its length (the loader hides it, initfetch.templating).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 from initfetch.manifest import Manifest
@@ -81,8 +89,8 @@ def shadow(value: Any, label: str) -> Any:
 def masked(
     manifest: Manifest, resolution: Resolution, real: Rendered, redactor: Redactor, deadline: float | None
 ) -> Rendered:
-    """What to show for a masked preview of `real`: the shadow render, or masked lines,
-    scrubbed through `redactor`."""
+    """What to show for a masked preview of `real`: the shadow render (or masked lines), with
+    values that reached it another way masked too (see `leftovers`)."""
     values = resolution.values
     meta = {name: r.meta() for name, r in resolution.info.items()}
     shadows = {name: shadow(value, name) for name, value in values.items()}
@@ -95,18 +103,76 @@ def masked(
         lines = real.files[dest].count(b"\n") + (not real.files[dest].endswith(b"\n"))
         files[dest] = f"{NOT_SHOWN} ({lines} lines)\n".encode()
     env = {name: attempt.rendered.env.get(name, NOT_SHOWN) for name in real.env}
-    return scrubbed(Rendered({dest: files[dest] for dest in real.files}, env), redactor)
+    shown = Rendered({dest: files[dest] for dest in real.files}, env)
+    return scrubbed(shown, leftovers(manifest, resolution, redactor), placeholders(manifest))
 
 
-def scrubbed(rendered: Rendered, redactor: Redactor) -> Rendered:
-    """`rendered` with every registered value masked; binary files are never printed anyway."""
+def placeholders(manifest: Manifest) -> re.Pattern[str]:
+    """The placeholders a shadow render produces (`<secret:db_pass>`, `<secret:cfg/a.b>`,
+    `<secret:tls_key|b64>`, `<SECRET:DB_PASS>` after `upper`): text the scrub never touches."""
+    names = "|".join(re.escape(n) for n in sorted(manifest.secrets, key=len, reverse=True)) or "(?!)"
+    return re.compile(rf"<secret:(?:{names})(?:[/|][^<>\n]*)?>", re.IGNORECASE)
+
+
+def leftovers(manifest: Manifest, resolution: Resolution, redactor: Redactor) -> Redactor:
+    """The values a masked preview still looks for outside placeholders (see the module's doc)."""
+    known = "\n".join(_known_text(manifest, resolution))
+    return redactor.subset(lambda form: len(form) >= FIELD_MIN_LEN and form not in known)
+
+
+def _known_text(manifest: Manifest, resolution: Resolution) -> Iterator[str]:
+    """Text that is not a value: the templates' own source, `env:` templates, secret names,
+    keys of map values and meta (versions, leases)."""
+    hidden = secret_files(manifest)
+    for out in manifest.outputs:
+        if out.src is not None and os.path.realpath(out.src) not in hidden:
+            try:
+                yield out.src.read_text(errors="replace")
+            except OSError:
+                pass
+    yield from (source for source, _ in manifest.env.values())
+    yield from manifest.secrets
+    for value in resolution.values.values():
+        yield from _keys(value)
+    yield json.dumps({n: r.meta() for n, r in resolution.info.items()}, default=str)
+
+
+def _keys(value: Any) -> Iterator[str]:
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from _keys(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _keys(v)
+
+
+def scrubbed(rendered: Rendered, redactor: Redactor, keep: re.Pattern[str] | None = None) -> Rendered:
+    """`rendered` with every value `redactor` knows masked, except inside what `keep` matches;
+    binary files are never printed anyway."""
+
+    def scrub(text: str) -> str:
+        if keep is None:
+            return redactor.scrub(text)
+        out, pos = [], 0
+        for m in keep.finditer(text):
+            out += [redactor.scrub(text[pos : m.start()]), m.group()]
+            pos = m.end()
+        out.append(redactor.scrub(text[pos:]))
+        return "".join(out)
+
     files: dict[str, bytes] = {}
     for dest, data in rendered.files.items():
         try:
-            files[dest] = redactor.scrub(data.decode("utf-8")).encode("utf-8")
+            files[dest] = scrub(data.decode("utf-8")).encode("utf-8")
         except UnicodeDecodeError:
             files[dest] = data
-    return Rendered(files, {name: redactor.scrub(value) for name, value in rendered.env.items()})
+    return Rendered(files, {name: scrub(value) for name, value in rendered.env.items()})
 
 
 def show(out: TextIO, manifest: Manifest, rendered: Rendered, sizes: Mapping[str, int] | None = None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 MIN_LEN = 3
@@ -79,6 +79,13 @@ class Redactor:
             self._labels = {f: label for f, label in self._labels.items() if f in kept or f in self._recent}
             self._recent = set()
             self._matcher = None
+
+    def subset(self, keep: Callable[[str], bool]) -> Redactor:
+        """A redactor that masks only the registered forms `keep` accepts, under the same labels."""
+        other = Redactor(self.min_len)
+        with self._lock:
+            other._labels = {form: label for form, label in self._labels.items() if keep(form)}
+        return other
 
     def __len__(self) -> int:
         """How many forms are registered (bounded in watch mode: see retire)."""

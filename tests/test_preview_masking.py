@@ -127,3 +127,79 @@ def test_template_errors_do_not_quote_computed_values(tmp_path: Path) -> None:
     )
     r = run_cli(["render", "-o", str(tmp_path / "o"), "--allow-disk"], env=env, cwd=tmp_path)
     assert "env C: undefined: 'dict object' has no attribute 'literal_key_name'" in r.stderr
+
+
+# --- issue 23: placeholders by construction, short values never search the text -------------
+
+SHORT_MANIFEST = """\
+version: 1
+secrets:
+  db_user: env://DB_USER
+  app_token: env://APP_TOKEN
+  a: env://ONE
+  cfg: env://CFG
+  user_key: file://keyfile
+  long_one: env://LONG
+templates:
+  - {src: t.j2, dest: t.txt}
+env:
+  TOKEN: "token={{ secrets.app_token }}"
+  LITERAL: "app user a key {{ secrets.a }}"
+"""
+
+SHORT_TEMPLATE = """\
+# application settings for the user, a literal line with app, user, key and a
+token={{ secrets.app_token }}
+user={{ secrets.db_user | toyaml }}
+{% set cfg = secrets.cfg | fromjson %}app_id={{ cfg.app }}
+cfg={{ cfg | tojson }}
+{% for k in cfg %}key {{ k }}
+{% endfor %}key_file={% include 'keyfile' %}
+other={% include 'other.txt' %}
+up={{ secrets.db_user | upper }}
+"""
+
+
+def test_short_values_in_names_keys_and_literal_text_are_never_nested(tmp_path: Path) -> None:
+    write(tmp_path / "initfetch.yaml", SHORT_MANIFEST)
+    write(tmp_path / "t.j2", SHORT_TEMPLATE)
+    write(tmp_path / "keyfile", "key\n")  # a file:// secret of 3 characters, included
+    write(tmp_path / "other.txt", "from a file: " + CANARY + "\n")  # a value reaching the output another way
+    env = clean_env(
+        DB_USER="app",  # 3: inside the name app_token and the key "app", and in literal text
+        APP_TOKEN="user",  # 4: inside db_user, user_key, and literal text
+        ONE="a",  # 1
+        CFG=json.dumps({"app": "ap", "user": "t"}),  # 2 and 1; keys equal to other values
+        LONG=CANARY,
+    )
+    r = run_cli(["preview"], env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "<secret:<secret:" not in out.lower() and "secret:<" not in out.lower(), out
+    for line in (
+        "# application settings for the user, a literal line with app, user, key and a\n",
+        "token=<secret:app_token>\n",
+        'user="<secret:db_user>"\n',
+        "app_id=<secret:cfg/app>\n",
+        'cfg={"app": "<secret:cfg/app>", "user": "<secret:cfg/user>"}\n',
+        "key app\nkey user\n",
+        "key_file=<secret:user_key>\n",
+        "other=from a file: <secret:long_one>\n",
+        "up=<SECRET:DB_USER>\n",
+        "TOKEN=token=<secret:app_token>\n",
+        "LITERAL=app user a key <secret:a>\n",
+    ):
+        assert line in out, (line, out)
+    assert CANARY not in out
+
+
+def test_the_demo_manifest_previews_without_nested_placeholders() -> None:
+    """`make demo`'s manifest and templates with a 3-character user that is also the start of
+    the secret name app_params: the preview the issue saw nested, offline here (no backends);
+    tests/test_demo is the online run."""
+    from tests.helpers import REPO
+
+    r = run_cli(["preview", "--offline"], env=clean_env(), cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert 'log_level: "<secret:app_params/log.level>"' in r.stdout
+    assert "<secret:<" not in r.stdout

@@ -8,7 +8,15 @@ starter.py writes `initfetch init`'s starter. The package parses and
 validates: it owns no output names (initfetch.outdir does).
 """
 
-from initfetch.manifest.load import builtin_providers, check_reference, load_manifest, missing_sdks
+from initfetch.manifest.load import (
+    NO_MANIFEST,
+    builtin_providers,
+    check_reference,
+    load_manifest,
+    missing_extras,
+    missing_sdks,
+    searched,
+)
 from initfetch.manifest.model import (
     ENV_NAME_RE,
     NAME_RE,
@@ -24,6 +32,7 @@ from initfetch.manifest.model import (
 __all__ = [
     "ENV_NAME_RE",
     "NAME_RE",
+    "NO_MANIFEST",
     "EnvFrom",
     "Manifest",
     "Output",
@@ -34,5 +43,7 @@ __all__ = [
     "default_manifest_path",
     "env_var_names",
     "load_manifest",
+    "missing_extras",
     "missing_sdks",
+    "searched",
 ]

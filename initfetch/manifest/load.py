@@ -8,6 +8,7 @@ their options and references (their SDKs are not imported).
 from __future__ import annotations
 
 import datetime
+import difflib
 import os
 import re
 import stat
@@ -88,7 +89,9 @@ def read_text(path: Path, max_size: int) -> str:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise BadInput(Problem(file, "manifest not found")) from None
+        raise BadInput(
+            Problem(file, f"manifest not found ({searched(path)})"), headline=NO_MANIFEST
+        ) from None
     except OSError as e:
         raise BadInput(Problem(file, f"cannot read the manifest: {_os_reason(e)}")) from None
     try:
@@ -114,6 +117,21 @@ def read_text(path: Path, max_size: int) -> str:
         line = data.count(b"\n", 0, e.start) + 1
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         raise BadInput(Problem(Loc(file, line, col), "the manifest is not UTF-8 text")) from None
+
+
+# What to do when there is no manifest: the last line of that error, and of exec's warning.
+NO_MANIFEST = (
+    "no manifest: run 'initfetch init' to write a starter one, "
+    "or name yours with -m PATH or INITFETCH_MANIFEST=PATH"
+)
+
+
+def searched(path: Path) -> str:
+    """Where a manifest was looked for, as the error says it: the directory, absolute."""
+    folder = Path(os.path.abspath(path)).parent
+    if not folder.is_dir():
+        return f"looked in {folder}, which is not a directory"
+    return f"looked for {path.name} in {folder}"
 
 
 def _os_reason(e: OSError) -> str:
@@ -279,7 +297,9 @@ def check_reference(
     scheme = ref.scheme if ref else text.partition("://")[0]  # a scheme never holds a variable
     if scheme not in instances:
         known = ", ".join(sorted(instances))
-        chk.add(where, f"{what}: unknown scheme {shown(scheme)} (providers: {known})")
+        close = difflib.get_close_matches(scheme.lower(), list(instances), n=1, cutoff=0.6)
+        guess = f"did you mean '{close[0]}'? " if close else ""
+        chk.add(where, f"{what}: unknown scheme {shown(scheme)} ({guess}providers: {known})")
         return None
     if ref is None:
         return None  # lenient, and a variable is unset: cannot be checked further
@@ -323,6 +343,12 @@ def _load_env(chk: Checker, data: LDict, manifest: Manifest) -> None:
             chk.add(entry.at("prefix"), f"env_from[{i}]: prefix must be a valid variable-name start")
         else:
             manifest.env_from.append(EnvFrom(secret, prefix, entry.loc))
+
+
+def missing_extras(manifest: Manifest) -> list[str]:
+    """The pip extras that would bring the client libraries this manifest's providers lack."""
+    used = {manifest.providers[s.ref.scheme].type for s in manifest.secrets.values() if s.ref}
+    return sorted({providers.TYPES[t].extra or t for t in used if providers.missing_sdk(t)})
 
 
 def missing_sdks(manifest: Manifest) -> list[Problem]:

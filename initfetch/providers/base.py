@@ -180,6 +180,13 @@ class Provider:
     def revoke_login(self, ctx: FetchContext) -> None:
         """Revoke the login this instance made (and, in Vault, every lease it created)."""
 
+    def unreachable_hint(self) -> str | None:
+        """What to check when this instance did not answer until the deadline, as one clause that
+        starts with a verb ("check VAULT_ADDR=..."): where its address came from, whether the
+        server is up, TLS.
+        None: nothing to add (a local file, an environment variable)."""
+        return None
+
     def credential_env(self) -> set[str]:
         """Names of environment variables this instance used to log in.
 

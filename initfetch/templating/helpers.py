@@ -33,8 +33,13 @@ from initfetch.templating.encoders import (
 TRANSFORMING = frozenset({"b64"})
 
 
-def _is_placeholder(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith("<secret:") and value.endswith(">")
+def _placeholder_label(value: Any) -> str | None:
+    """`tls_key` for the placeholder `<secret:tls_key>` (text, or bytes for a binary secret)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str) and value.startswith("<secret:") and value.endswith(">"):
+        return value[len("<secret:") : -1]
+    return None
 
 
 def add_filters(env: jinja2.Environment, redactor: Redactor | None, preview: bool) -> None:
@@ -44,9 +49,10 @@ def add_filters(env: jinja2.Environment, redactor: Redactor | None, preview: boo
         def wrapper(value: Any, *args: Any, **kwargs: Any) -> Any:
             if isinstance(value, jinja2.Undefined):
                 value._fail_with_undefined_error()  # the undefined name, not a TypeError
-            if preview and tag in TRANSFORMING and _is_placeholder(value):
+            stands_for = _placeholder_label(value) if preview and tag in TRANSFORMING else None
+            if stands_for is not None:
                 # base64 of "<secret:x>" would look like a leaked value: say what it stands for.
-                return mask(f"{str(value)[len('<secret:') : -1]}|{tag}")
+                return mask(f"{stands_for}|{tag}")
             out = fn(value, *args, **kwargs)
             # Output that still contains the input verbatim (quoting) is masked through the input.
             if redactor is not None and not (

@@ -22,8 +22,9 @@ class AwsProvider(Provider):
     # Batched reads (20 secrets or 10 parameters per call) need few calls; SSM's
     # default throughput is 40 TPS, and throttling lowers the limit further (pacing).
     default_concurrency = 8
-    # The service as named in error messages, e.g. "Secrets Manager".
+    # The service as named in error messages, e.g. "Secrets Manager", and as boto3 names it.
     service_label: ClassVar[str] = ""
+    service: ClassVar[str] = ""
 
     def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         super().__init__(name, options, environ)
@@ -70,6 +71,9 @@ class AwsProvider(Provider):
         """
         code, status = error_code(exc)
         return code in ("AccessDeniedException", "AccessDenied") or (status == 403 and code in ("", "403"))
+
+    def unreachable_hint(self) -> str | None:
+        return self.aws.what_to_check(self.service)
 
     def credential_env(self) -> set[str]:
         return self.aws.credential_env()

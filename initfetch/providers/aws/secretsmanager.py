@@ -37,6 +37,7 @@ def arn_region(path: str) -> str | None:
 class SecretsManagerProvider(AwsProvider):
     type_name = "aws-secretsmanager"
     service_label = "Secrets Manager"
+    service = SERVICE
     batch_size = BATCH_MAX
 
     def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:

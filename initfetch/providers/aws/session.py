@@ -308,6 +308,27 @@ class AwsSession:
             "AWS_ENDPOINT_URL"
         )
 
+    def endpoint_source(self, service: str) -> str:
+        """Where `endpoint_url(service)` came from, as the user would set it."""
+        if self.options.get("endpoint_url"):
+            return "the provider's endpoint_url in the manifest"
+        var = f"AWS_ENDPOINT_URL_{SERVICE_IDS.get(service, service.upper())}"
+        return var if self.environ.get(var) else "AWS_ENDPOINT_URL"
+
+    def what_to_check(self, service: str) -> str:
+        """For the final error when AWS never answered: the endpoint and where it came from."""
+        endpoint = self.endpoint_url(service)
+        if endpoint:
+            return (
+                f"check {self.endpoint_source(service)}={endpoint} (the right host and port?), that the "
+                "endpoint is up and reachable from here, and its scheme (http:// or https://)"
+            )
+        region = self._region or self.options.get("region") or "the region"
+        return (
+            f"check that {service}.{region}.amazonaws.com is reachable from here (network, DNS, a proxy: "
+            "HTTPS_PROXY), and AWS_ENDPOINT_URL if a local endpoint (LocalStack, moto) was meant"
+        )
+
     # --- clients ---------------------------------------------------------------
 
     @property

@@ -52,6 +52,7 @@ def _is_prefix(doc: DocKey) -> bool:
 class ParameterStoreProvider(AwsProvider):
     type_name = "aws-ssm"
     service_label = "Parameter Store"
+    service = SERVICE
     batch_size = BATCH_MAX
 
     # --- offline checks ---------------------------------------------------------

@@ -272,6 +272,22 @@ class KeyVaultProvider(Provider):
             return AccessDenied(f"{what}: {_short(e)}")
         return None
 
+    def unreachable_hint(self) -> str | None:
+        """Key Vault's URL (from vault_url/vault_urls, else the vault name) and the login's endpoint."""
+        with self._lock:
+            urls = sorted(self._clients)
+        if self.options.get("vault_url") or self.options.get("vault_urls"):
+            source = "vault_url/vault_urls in the manifest"
+        else:
+            source = f"the vault name + {self.options.get('vault_suffix', DEFAULT_SUFFIX)}"
+        where = f"check the Key Vault URL {', '.join(urls) or '(none made yet)'} (from {source})"
+        login = self._auth.get("authority_host") or self.environ.get("AZURE_AUTHORITY_HOST")
+        authority = f"AZURE_AUTHORITY_HOST={login}" if login else "the login endpoint"
+        return (
+            f"{where} and that it and {authority} are reachable from here (DNS, firewall, a proxy: "
+            f"HTTPS_PROXY; ca_file for a private CA); the login is {self._plan.description}"
+        )
+
     def credential_env(self) -> set[str]:
         return set(self._plan.secret_env)
 

@@ -90,6 +90,29 @@ class Connection:
             )
         return ""
 
+    def what_to_check(self) -> str:
+        """For the final error when Vault never answered: the address, where it came from, and
+        what to look at (the server, the network, http against https)."""
+        if self.address_from == "default":
+            where = (
+                f"set VAULT_ADDR (or BAO_ADDR): neither is set, so the default {self.address} was tried; "
+                "then check"
+            )
+        elif self.address_from == "the manifest's address":
+            where = (
+                f"check the provider's address in the manifest ({self.address}: the right host and port?),"
+            )
+        else:
+            where = f"check {self.address_from}={self.address} (the right host and port?),"
+        if self.address.startswith("https://"):
+            tls = "that it serves TLS on that port (a dev server without TLS needs http://)"
+        else:
+            tls = (
+                "that it serves plain http (a server with TLS needs https://, "
+                "and VAULT_CACERT if its CA is private)"
+            )
+        return f"{where} that the server is up and reachable from here, and {tls}"
+
     @property
     def verify(self) -> bool | str:
         if self.skip_verify:

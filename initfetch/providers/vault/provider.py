@@ -130,6 +130,9 @@ class VaultProvider(Provider):
     def revoke_login(self, ctx: FetchContext) -> None:
         leases.revoke_token(self.client, ctx)
 
+    def unreachable_hint(self) -> str | None:
+        return self.client.conn.what_to_check()
+
     def credential_env(self) -> set[str]:
         return self.client.auth.configured_env()
 
