@@ -67,6 +67,7 @@ EXAMPLES = {
   initfetch exec -- ./server --port 8080         # render, then replace itself with the app
   initfetch exec --supervise -- ./server         # stay as PID 1: forward signals, reap, mirror the exit code
   initfetch exec --watch -- ./server             # supervise, and keep files and environment current
+  initfetch exec --mask-output -- ./server       # supervise; <secret:NAME> for any value it prints
   DB_PASSWORD=initfetch+vault://secret/app#password initfetch exec -- ./server   # no manifest""",
     "preview": """examples:
   initfetch preview                              # resolve, print what would be written, values masked
@@ -76,6 +77,13 @@ EXAMPLES = {
     "healthcheck": """examples:
   initfetch healthcheck -o /run/secrets          # exit 0 once a complete render is in place, else 1
   initfetch healthcheck --max-stale 10m          # and not older than 10 minutes (watch mode)""",
+    "scan": """examples:
+  initfetch scan .                               # exit 1 if a file holds a value of the manifest's secrets
+  initfetch scan --exclude 'tests/fixtures/*' src deploy
+  initfetch scan --from /run/secrets .           # the values of a render in OUT_DIR (no backend asked)""",
+    "schema": """examples:
+  initfetch schema > initfetch.schema.json       # then in initfetch.yaml, for editors:
+                                                 # yaml-language-server: $schema=./initfetch.schema.json""",
     "init": """examples:
   initfetch init                                 # writes ./initfetch.yaml and templates/config.json.j2""",
 }
@@ -222,6 +230,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="unhealthy once the render was last confirmed current longer ago than this (30s, 5m, 1h) "
         "[$INITFETCH_MAX_STALE]",
     )
+    p = command(
+        "scan",
+        [audits, manifest, fetching],
+        "report files under PATH that contain a secret value or an encoded form of one; exit 1 if any",
+    )
+    _scan_flags(p, env)
+    command("schema", [], "print the manifest's JSON Schema (draft 2020-12), for editors and CI")
     p = command("init", [], "write a commented starter manifest and template; never overwrites")
     p.add_argument(
         "--dir", default=".", help="where to write initfetch.yaml and templates/ [current directory]"
@@ -236,8 +251,51 @@ def _render_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
 
 def _exec_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     _switch(p, env, "--supervise", "stay as PID 1: forward signals, reap zombies, mirror the exit code")
+    _switch(
+        p,
+        env,
+        "--mask-output",
+        "pass the command's stdout and stderr through initfetch, every secret value replaced by "
+        "<secret:NAME> (implies --supervise; also mask_output: true in the manifest)",
+    )
     _watch_flags(p, env)
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARG...")
+
+
+def _scan_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    from initfetch.scan import DEFAULT_MAX_FILE_SIZE, DEFAULT_MIN_LENGTH
+
+    p.add_argument(
+        "--from",
+        dest="from_out",
+        metavar="OUT_DIR",
+        default=env.get("INITFETCH_SCAN_FROM") or None,
+        help="look for the values of the render in OUT_DIR instead of resolving the manifest "
+        "[$INITFETCH_SCAN_FROM]",
+    )
+    p.add_argument(
+        "--min-length",
+        type=_positive_int,
+        default=env.get("INITFETCH_SCAN_MIN_LENGTH", str(DEFAULT_MIN_LENGTH)),
+        metavar="N",
+        help="leave out values shorter than N characters: they would match by chance "
+        f"[$INITFETCH_SCAN_MIN_LENGTH, {DEFAULT_MIN_LENGTH}]",
+    )
+    p.add_argument(
+        "--max-file-size",
+        default=env.get("INITFETCH_SCAN_MAX_FILE_SIZE", str(DEFAULT_MAX_FILE_SIZE)),
+        metavar="SIZE",
+        help="skip (and count) larger files: 100MiB, 1GB, bytes [$INITFETCH_SCAN_MAX_FILE_SIZE, 100MiB]",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[x for x in env.get("INITFETCH_SCAN_EXCLUDE", "").split(",") if x],
+        metavar="GLOB",
+        help="skip names or relative paths matching GLOB; repeatable "
+        "[$INITFETCH_SCAN_EXCLUDE, comma-separated]",
+    )
+    p.add_argument("paths", nargs="*", default=["."], metavar="PATH", help="files or directories [.]")
 
 
 def _preview_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
