@@ -13,8 +13,9 @@ lines. In watch mode a rotation adds the new values before the application is to
 and the redactor keeps the values they replaced (retire): both stay masked.
 
 Correct across reads: only the end of a read that could be the start of a value is
-held back, until the next read or an idle of IDLE seconds; everything else goes out
-at once, so a line appears when the application writes it. Binary output passes
+held back, until the next read or an idle of IDLE seconds (SUSPECT_IDLE when it is
+SUSPECT bytes or more of a value: an application may write one in two writes);
+everything else goes out at once, so a line appears when the application writes it. Binary output passes
 through byte for byte except where it contains a value.
 """
 
@@ -36,6 +37,10 @@ from initfetch.redact import Redactor
 log = logging.getLogger("initfetch.exec")
 
 IDLE = 0.05  # seconds after which held-back bytes go out anyway
+# Held bytes this long are a real start of a value, not a chance match of a letter or two:
+# they wait longer for the rest (an application may write a value in two writes).
+SUSPECT = 4
+SUSPECT_IDLE = 1.0
 READ_SIZE = 1 << 20
 PIPE_SIZE = 1 << 20  # a larger pipe: fewer, larger reads (the kernel may refuse; harmless)
 DRAIN = 1.0  # seconds to copy what is left once the application has exited
@@ -100,7 +105,10 @@ class Pump(threading.Thread):
         poller.register(self.source, select.POLLIN)
         try:
             while True:
-                wait = IDLE if self.masker.held else (0.2 if self.deadline is not None else None)
+                held = len(self.masker.held)
+                wait = (IDLE if held < SUSPECT else SUSPECT_IDLE) if held else None
+                if wait is None and self.deadline is not None:
+                    wait = 0.2
                 ready = poller.poll(None if wait is None else wait * 1000)
                 if not ready:
                     if not self._write(self.masker.flush()):
