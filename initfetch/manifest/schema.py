@@ -8,6 +8,9 @@ rejects, `initfetch check` rejects too (tests/test_schema.py). It is looser
 where only the loader can know: which schemes the manifest declares, whether a
 template file exists, whether a signal name is real.
 
+A section left empty (`secrets:` with nothing under it) is null, which the loader
+takes as an empty section; so does the schema.
+
 Modes: YAML 1.1 (the loader) reads `0440` as octal 288, YAML 1.2 (most editors)
 as decimal 440; integers up to 777 are allowed, the loader tells them apart.
 """
@@ -50,7 +53,7 @@ _MODE = {
 }
 _ID = {
     "description": "a numeric id or a name",
-    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "minLength": 1}],
+    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "minLength": 1}, {"type": "null"}],
 }
 _DEST = {
     "type": "string",
@@ -96,7 +99,7 @@ def manifest_schema() -> dict[str, Any]:
         "version": {"const": 1, "description": "always 1"},
         "providers": _providers(),
         "secrets": {
-            "type": "object",
+            "type": ["object", "null"],
             "description": "NAME: reference, or NAME: {ref, optional, default, refresh}",
             "propertyNames": {"pattern": model.NAME_RE.pattern, "maxLength": 64},
             "additionalProperties": {
@@ -109,21 +112,26 @@ def manifest_schema() -> dict[str, Any]:
         "templates": _outputs(model.TEMPLATE_KEYS, "src"),
         "files": _outputs(model.FILE_KEYS, "secret"),
         "env": {
-            "type": "object",
+            "type": ["object", "null"],
             "description": "the application's environment (exec): NAME: a template string",
             "propertyNames": {"pattern": model.ENV_NAME_RE.pattern},
             "additionalProperties": {"type": "string"},
         },
         "env_from": {
-            "type": "array",
-            "items": _closed(
-                {
-                    "secret": {"type": "string"},
-                    "prefix": {"type": "string", "pattern": r"^([A-Za-z_][A-Za-z0-9_]*)?$"},
-                },
-                model.ENV_FROM_KEYS,
-                required=["secret"],
-            ),
+            "type": ["array", "null"],
+            "items": {
+                "anyOf": [
+                    _closed(
+                        {
+                            "secret": {"type": "string"},
+                            "prefix": {"type": "string", "pattern": r"^([A-Za-z_][A-Za-z0-9_]*)?$"},
+                        },
+                        model.ENV_FROM_KEYS,
+                        required=["secret"],
+                    ),
+                    {"type": "null"},
+                ]
+            },
         },
         "limits": _limits(),
         "on_change": _closed(ON_CHANGE_PROPERTIES, ON_CHANGE_KEYS | {"timeout"}),
@@ -173,7 +181,9 @@ def _closed(
 
 
 def _outputs(keys: set[str], needed: str) -> dict[str, Any]:
-    return {"type": "array", "items": _closed(OUTPUT_PROPERTIES, keys, required=["dest", needed])}
+    # A null item (`- ` with nothing after it) is skipped by the loader; so the schema allows it.
+    item = _closed(OUTPUT_PROPERTIES, keys, required=["dest", needed])
+    return {"type": ["array", "null"], "items": {"anyOf": [item, {"type": "null"}]}}
 
 
 def _limits() -> dict[str, Any]:
@@ -182,7 +192,7 @@ def _limits() -> dict[str, Any]:
     for name in settable:
         kind = _SIZE if name.endswith("_size") else _POSITIVE
         props[name] = {**kind, "description": limits.DESCRIPTIONS[name][0]}
-    return {"type": "object", "properties": props, "additionalProperties": False}
+    return {"type": ["object", "null"], "properties": props, "additionalProperties": False}
 
 
 def _providers() -> dict[str, Any]:
@@ -203,7 +213,7 @@ def _providers() -> dict[str, Any]:
             }
         )
     return {
-        "type": "object",
+        "type": ["object", "null"],
         "description": "provider instances by name; the name is the scheme of references",
         "propertyNames": {"pattern": r"^[A-Za-z][A-Za-z0-9_.+-]*$", "maxLength": 64},
         "additionalProperties": {
