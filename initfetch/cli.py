@@ -262,9 +262,11 @@ def _exec_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARG...")
 
 
-def _scan_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    from initfetch.scan import DEFAULT_MAX_FILE_SIZE, DEFAULT_MIN_LENGTH
+SCAN_MIN_LENGTH = "8"  # initfetch.scan is not imported to build the parser: every command pays for that
+SCAN_MAX_FILE_SIZE = "100MiB"
 
+
+def _scan_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     p.add_argument(
         "--from",
         dest="from_out",
@@ -276,14 +278,14 @@ def _scan_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     p.add_argument(
         "--min-length",
         type=_positive_int,
-        default=env.get("INITFETCH_SCAN_MIN_LENGTH", str(DEFAULT_MIN_LENGTH)),
+        default=env.get("INITFETCH_SCAN_MIN_LENGTH", SCAN_MIN_LENGTH),
         metavar="N",
         help="leave out values shorter than N characters: they would match by chance "
-        f"[$INITFETCH_SCAN_MIN_LENGTH, {DEFAULT_MIN_LENGTH}]",
+        f"[$INITFETCH_SCAN_MIN_LENGTH, {SCAN_MIN_LENGTH}]",
     )
     p.add_argument(
         "--max-file-size",
-        default=env.get("INITFETCH_SCAN_MAX_FILE_SIZE", str(DEFAULT_MAX_FILE_SIZE)),
+        default=env.get("INITFETCH_SCAN_MAX_FILE_SIZE", SCAN_MAX_FILE_SIZE),
         metavar="SIZE",
         help="skip (and count) larger files: 100MiB, 1GB, bytes [$INITFETCH_SCAN_MAX_FILE_SIZE, 100MiB]",
     )
@@ -342,7 +344,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         signal.signal(signal.SIGTERM, _terminate)
         args.started = time.monotonic()
         code = COMMANDS[args.command](args, env, redactor)
-        sys.stdout.flush()  # a closed pipe must fail here, not in the interpreter's exit
+        if sys.stdout is not None:  # None: started with descriptor 1 closed
+            sys.stdout.flush()  # a closed pipe must fail here, not in the interpreter's exit
         return code
     except InitfetchError as e:
         for problem in e.problems:

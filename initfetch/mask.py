@@ -151,7 +151,10 @@ def masked_output(redactor: Redactor) -> Iterator[None]:
     pumps: list[Pump] = []
     saved: list[int] = []
     for fd, name in ((1, "stdout"), (2, "stderr")):
-        real = os.dup(fd)
+        try:
+            real = os.dup(fd)
+        except OSError:  # started with it closed: what comes through goes nowhere, as it would
+            real = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         read_end, write_end = os.pipe()
         _grow(write_end)
         os.set_inheritable(read_end, False)
@@ -191,5 +194,5 @@ def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # AttributeError: None, fd closed at start
             pass

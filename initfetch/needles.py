@@ -22,7 +22,6 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from initfetch.redact import mask
 
@@ -54,7 +53,7 @@ def value_forms(value: Any, *, lines: bool = True) -> Iterator[tuple[bytes, str]
         if escaped != value:
             yield escaped.encode(), "JSON-escaped"
         yield from _b64(data)
-        quoted = quote(data, safe="")
+        quoted = _quote(data)
         if quoted != value:
             yield quoted.encode(), "URL-encoded"
         if lines and ("\n" in value or "\r" in value):
@@ -70,6 +69,12 @@ def value_forms(value: Any, *, lines: bool = True) -> Iterator[tuple[bytes, str]
             yield from value_forms(v, lines=lines)
     elif isinstance(value, int | float) and not isinstance(value, bool):
         yield str(value).encode(), "value"
+
+
+def _quote(data: bytes) -> str:
+    from urllib.parse import quote  # here: importing this module stays cheap (the CLI's parser does)
+
+    return quote(data, safe="")
 
 
 def _b64(data: bytes) -> Iterator[tuple[bytes, str]]:
@@ -198,7 +203,7 @@ def text_forms(forms: Iterable[tuple[str, str]]) -> dict[bytes, str]:
     for form, label in forms:
         data = form.encode("utf-8", "surrogatepass")
         out.setdefault(data, label)
-        quoted = quote(data, safe="").encode()
+        quoted = _quote(data).encode()
         if quoted != data:
             out.setdefault(quoted, label)
     return out

@@ -19,7 +19,6 @@ A report line is `path:line: NAME` (or `NAME (base64)`, ...): never a value.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import stat
@@ -196,6 +195,8 @@ def scan(paths: Sequence[Path], needles: Needles, opts: Options) -> Report:
 
 def _files(root: Path, opts: Options, report: Report) -> Iterator[str]:
     """Regular files under root (root itself if it is one), depth first, names sorted."""
+    import fnmatch
+
     if not os.path.isdir(root):
         yield str(root)
         return
@@ -283,9 +284,12 @@ def _read(path: Path, max_size: int) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > max_size:
             raise OSError(f"{path}: not a regular file within the size limit")
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
+        chunks, size = [], 0
+        while size <= max_size and (chunk := os.read(fd, 1 << 20)):  # it may grow meanwhile
             chunks.append(chunk)
+            size += len(chunk)
+        if size > max_size:
+            raise OSError(f"{path}: grew past the size limit while read")
         return b"".join(chunks)
     finally:
         os.close(fd)

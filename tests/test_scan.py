@@ -232,3 +232,11 @@ def test_scan_from_a_directory_without_a_render_is_bad_input(tmp_path: Path) -> 
     (tmp_path / "empty").mkdir()
     r = run_cli(["scan", "--from", str(tmp_path / "empty"), str(tmp_path)], env=clean_env())
     assert r.returncode == 2 and "no complete render here" in r.stderr
+
+
+def test_the_parsers_defaults_are_the_modules() -> None:
+    from initfetch import cli
+    from initfetch.limits import parse_size
+
+    assert int(cli.SCAN_MIN_LENGTH) == scan.DEFAULT_MIN_LENGTH
+    assert parse_size(cli.SCAN_MAX_FILE_SIZE) == scan.DEFAULT_MAX_FILE_SIZE
