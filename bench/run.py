@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import report  # noqa: E402
+from bench import report, throughput  # noqa: E402
 from bench.backends import ROUTE_BACKEND, Backends, agent_binary  # noqa: E402
 from bench.measure import Launcher, Run, summary  # noqa: E402
 from bench.workloads import (  # noqa: E402
@@ -499,8 +499,9 @@ def main() -> None:
     )
     p.add_argument(
         "--only",
-        default="vault,mixed,large,fleet,imports",
-        help="families to run [vault,mixed,large,fleet,imports]",
+        default="vault,mixed,large,fleet,imports,scan,mask",
+        help="families to run [vault,mixed,large,fleet,imports,scan,mask]; scan and mask: "
+        "bench/throughput.py, results in throughput.md",
     )
     p.add_argument("--no-sequential-vault", action="store_true", help="skip the sequential script on vault-N")
     p.add_argument(
@@ -533,6 +534,12 @@ def main() -> None:
         INITFETCH, SOURCE_PREFIX = snapshot(commit, work / "src")
         source = f"{a.source} = {commit} (git archive snapshot of initfetch/)"
     log(f"measuring initfetch from {source}")
+    if only & throughput.FAMILIES:  # no backend: the values are env:// secrets
+        log(f"throughput: {', '.join(sorted(only & throughput.FAMILIES))}")
+        throughput.main([INITFETCH], only & throughput.FAMILIES, runs, a.out, source)
+        if only <= throughput.FAMILIES:
+            shutil.rmtree(work, ignore_errors=True)
+            return
     errors: list[str] = []
     b = Backends.start(work / "backends", a.delay_ms, a.connect_delay_ms)
     launcher = Launcher()

@@ -54,9 +54,12 @@ def _positive_int(text: str) -> int:
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-FETCHING = ("render", "exec", "preview")  # the commands that ask backends
+FETCHING = ("render", "exec", "preview", "scan")  # the commands that ask backends
 WRITING = ("render", "exec")
-ALL = ("render", "exec", "preview", "check", "healthcheck", "init")
+ALL = ("render", "exec", "preview", "check", "healthcheck", "scan", "schema", "init")
+
+SCAN_MIN_LENGTH = "8"  # initfetch.scan is not imported to build the parser: every command pays for that
+SCAN_MAX_FILE_SIZE = "100MiB"
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,12 @@ class Option:
     switch: bool = False
     metavar: str | None = None
     shown: str | None = None  # what the help's [brackets] say, when not the twin and fallback
+    name: str | None = None  # the namespace attribute, when not the flag's name
+    repeat: bool = False  # may be given several times; the twin is comma-separated
 
     @property
     def dest(self) -> str:
-        return self.flags[-1].removeprefix("--").replace("-", "_")
+        return self.name or self.flags[-1].removeprefix("--").replace("-", "_")
 
     @property
     def common(self) -> bool:
@@ -95,6 +100,8 @@ class Option:
         kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS}
         if self.switch:
             kwargs["action"] = "store_true"
+        elif self.repeat:
+            kwargs.update(action="append", metavar=self.metavar)
         else:
             kwargs.update(
                 type=self.kind,
@@ -113,6 +120,8 @@ class Option:
         raw = env.get(self.twin, "") if self.twin else ""
         if self.switch:
             return raw.strip().lower() in TRUE
+        if self.repeat:
+            return [x for x in raw.split(",") if x]
         value: Any = raw or self.fallback
         if value is None:
             return None
@@ -161,7 +170,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         ("-m", "--manifest"),
         "manifest file",
-        ("render", "exec", "preview", "check"),
+        ("render", "exec", "preview", "check", "scan"),
         # no default here: commands read INITFETCH_MANIFEST, as exec must tell "none given" apart
         shown="$INITFETCH_MANIFEST, else ./initfetch.yaml",
     ),
@@ -188,6 +197,12 @@ OPTIONS: tuple[Option, ...] = (
         "--hold", "after writing, stay up until SIGTERM (sidecar; keeps a tmpfs volume mounted)", ("render",)
     ),
     _switch("--supervise", "stay as PID 1: forward signals, reap zombies, mirror the exit code", ("exec",)),
+    _switch(
+        "--mask-output",
+        "pass the command's stdout and stderr through initfetch, every secret value replaced by "
+        "<secret:NAME> (implies --supervise; also mask_output: true in the manifest)",
+        ("exec",),
+    ),
     _switch(
         "--require-secrets",
         "refuse to start CMD without secrets (no manifest and no initfetch+ reference, or a manifest "
@@ -224,6 +239,40 @@ OPTIONS: tuple[Option, ...] = (
         metavar="DURATION",
     ),
     Option(
+        ("--from",),
+        "look for the values of the render in OUT_DIR instead of resolving the manifest",
+        ("scan",),
+        "INITFETCH_SCAN_FROM",
+        metavar="OUT_DIR",
+        name="from_out",
+    ),
+    Option(
+        ("--min-length",),
+        "leave out values shorter than N characters: they would match by chance",
+        ("scan",),
+        "INITFETCH_SCAN_MIN_LENGTH",
+        SCAN_MIN_LENGTH,
+        kind=_positive_int,
+        metavar="N",
+    ),
+    Option(
+        ("--max-file-size",),
+        "skip (and count) larger files: 100MiB, 1GB, bytes",
+        ("scan",),
+        "INITFETCH_SCAN_MAX_FILE_SIZE",
+        SCAN_MAX_FILE_SIZE,
+        metavar="SIZE",
+    ),
+    Option(
+        ("--exclude",),
+        "skip names or relative paths matching GLOB; repeatable",
+        ("scan",),
+        "INITFETCH_SCAN_EXCLUDE",
+        shown="$INITFETCH_SCAN_EXCLUDE, comma-separated",
+        metavar="GLOB",
+        repeat=True,
+    ),
+    Option(
         ("--dir",),
         "where to write initfetch.yaml and templates/",
         ("init",),
@@ -241,6 +290,8 @@ SUMMARIES = {
     "preview": "print what would be written and exported, values masked unless --reveal",
     "check": "validate the manifest and templates offline, no backend contacted",
     "healthcheck": "exit 0 once a complete render is in place in the output directory",
+    "scan": "report files under PATH that contain a secret value or an encoded form of one; exit 1 if any",
+    "schema": "print the manifest's JSON Schema (draft 2020-12), for editors and CI",
     "init": "write a commented starter manifest and template; never overwrites",
 }
 
@@ -254,6 +305,7 @@ EXAMPLES = {
   initfetch exec -- ./server --port 8080         # render, then replace itself with the app
   initfetch exec --supervise -- ./server         # stay as PID 1: forward signals, reap, mirror the exit code
   initfetch exec --watch -- ./server             # supervise, and keep files and environment current
+  initfetch exec --mask-output -- ./server       # supervise; <secret:NAME> for any value it prints
   DB_PASSWORD=initfetch+vault://secret/app#password initfetch exec -- ./server   # no manifest
   INITFETCH_REQUIRE_SECRETS=1 initfetch exec -- ./server   # never start without secrets""",
     "preview": """examples:
@@ -265,6 +317,13 @@ EXAMPLES = {
     "healthcheck": """examples:
   initfetch healthcheck -o /run/secrets          # exit 0 once a complete render is in place, else 1
   initfetch healthcheck --max-stale 10m          # and not older than 10 minutes (watch mode)""",
+    "scan": """examples:
+  initfetch scan .                               # exit 1 if a file holds a value of the manifest's secrets
+  initfetch scan --exclude 'tests/fixtures/*' src deploy
+  initfetch scan --from /run/secrets .           # the values of a render in OUT_DIR (no backend asked)""",
+    "schema": """examples:
+  initfetch schema > initfetch.schema.json       # then in initfetch.yaml, for editors:
+                                                 # yaml-language-server: $schema=./initfetch.schema.json""",
     "init": """examples:
   initfetch init                                 # writes ./initfetch.yaml and templates/config.json.j2""",
 }
@@ -352,6 +411,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                 opt.add(p)
         if name == "exec":
             p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARG...")
+        elif name == "scan":
+            p.add_argument("paths", nargs="*", default=["."], metavar="PATH", help="files or directories [.]")
     return parser
 
 
@@ -375,7 +436,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         signal.signal(signal.SIGTERM, _terminate)
         args.started = time.monotonic()
         code = COMMANDS[args.command](args, env, redactor)
-        sys.stdout.flush()  # a closed pipe must fail here, not in the interpreter's exit
+        if sys.stdout is not None:  # None: started with descriptor 1 closed
+            sys.stdout.flush()  # a closed pipe must fail here, not in the interpreter's exit
         return code
     except InitfetchError as e:
         for problem in e.problems:

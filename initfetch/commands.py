@@ -8,12 +8,17 @@ Parsing the command line is initfetch.cli's job; turning errors into exit codes 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import json
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from initfetch.errors import EXIT_UNAVAILABLE, STATIC_KINDS, BadInput, Problem, ResolveFailed, Unavailable
 from initfetch.manifest import (
@@ -26,7 +31,7 @@ from initfetch.manifest import (
 )
 from initfetch.outdir.target import check_target
 from initfetch.pipeline import Mode, Pipeline, Result, Settings, load
-from initfetch.redact import Redactor
+from initfetch.redact import FIELD_MIN_LEN, Redactor
 
 log = logging.getLogger("initfetch")
 
@@ -136,6 +141,7 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
         guard_first_render()
     manifest = _exec_manifest(args, env)
     _unconfigured(args, env, manifest, cmd[0])
+    masking = args.mask_output or manifest.mask_output
     if manifest.outputs:
         check_target(Path(args.out), args.allow_disk, manifest.outputs)
     # exec --watch writes its marker and status even without files, so healthcheck can judge it;
@@ -157,10 +163,24 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
                 "starting %s with %d variable(s) from %s; watching for changes", cmd[0], variables, source
             )
             opts = Options(revoke_on_exit=args.revoke_on_exit, wipe_on_exit=args.wipe_on_exit)
-            return exec_watch(pipeline, result, cmd, opts)
+            with _masked(masking, redactor):
+                return exec_watch(pipeline, result, cmd, opts)
         child = execute.child_env(env, result.rendered.env, pipeline.credentials(result.resolution))
     log.info("starting %s with %d variable(s) from %s", cmd[0], variables, source)
+    if masking:  # initfetch stays the parent: the output goes through it
+        with _masked(True, redactor):
+            return execute.supervise(cmd, child)
     return execute.supervise(cmd, child) if args.supervise else execute.replace(cmd, child)
+
+
+def _masked(on: bool, redactor: Redactor) -> contextlib.AbstractContextManager[None]:
+    """The application's output through initfetch, values masked (exec --mask-output)."""
+    if not on:
+        return contextlib.nullcontext()
+    from initfetch.mask import masked_output
+
+    log.info("masking secret values in the application's output")
+    return masked_output(redactor)
 
 
 def _exec_manifest(args: argparse.Namespace, env: Mapping[str, str]) -> Manifest:
@@ -264,6 +284,80 @@ def _judge(manifest: Manifest, strict: bool) -> None:
         print(f"ok: {counts}")
 
 
+def cmd_scan(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    from initfetch import scan
+    from initfetch.limits import parse_size
+
+    try:
+        max_size = parse_size(args.max_file_size)
+    except ValueError as e:
+        raise BadInput(f"--max-file-size (INITFETCH_SCAN_MAX_FILE_SIZE) {e}") from None
+    opts = scan.Options(args.min_length, max_size, tuple(args.exclude))
+    if args.from_out:
+        out_dir = Path(args.from_out)
+        needles, values = scan.from_out_dir(out_dir, opts)
+        for label, value in values.items():  # a label or a path that quotes a value is masked
+            redactor.add(value, label)
+        opts = dataclasses.replace(opts, skip=frozenset({os.path.abspath(out_dir)}))
+        log.info("looking for %d value(s) of the render in %s", len(values), out_dir)
+    else:
+        manifest = load(_manifest_path(args, env), env, Mode.PREVIEW)
+        # PREVIEW: nothing written, and the leases the reads create are revoked at close.
+        with Pipeline(manifest, env, redactor, _settings(args, writes=False), Mode.PREVIEW) as pipeline:
+            resolution = pipeline.resolve()
+        # A default is written in the manifest itself: not a secret to look for.
+        values = {n: v for n, v in resolution.values.items() if resolution.info[n].outcome == "ok"}
+        needles, short = scan.from_values(values, opts.min_length)
+        if short:
+            log.warning(
+                "not searched: %d secret(s) shorter than %d characters: %s (see --min-length)",
+                len(short),
+                opts.min_length,
+                ", ".join(short),
+            )
+    report = scan.scan([Path(p) for p in args.paths], needles, opts)
+    for f in report.findings:
+        where = redactor.scrub(_printable(f.path))
+        label = redactor.scrub(f.label, FIELD_MIN_LEN)
+        print(f"{where}:{f.line}: {label}{' (binary file)' if f.binary else ''}")
+    _scan_summary(report)
+    return 1 if report.findings else 0
+
+
+def _printable(path: str) -> str:
+    """A path as one safe line: control characters and undecodable bytes escaped."""
+    out = []
+    for c in path:
+        if 0xDC80 <= ord(c) <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode)
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif not c.isprintable():
+            out.append(c.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _scan_summary(report: Any) -> None:
+    files = len({f.path for f in report.findings})
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items()))
+    log.info(
+        "scanned %d file(s), %.1f MB in %.1fs: %d finding(s) in %d file(s)%s",
+        report.files,
+        report.bytes / 1e6,
+        report.seconds,
+        len(report.findings),
+        files,
+        f"; skipped: {skipped}" if skipped else "",
+    )
+
+
+def cmd_schema(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    from initfetch.manifest.schema import manifest_schema
+
+    print(json.dumps(manifest_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
 def cmd_healthcheck(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
     from initfetch.manifest.watch import parse_duration
     from initfetch.outdir import health
@@ -300,6 +394,8 @@ COMMANDS = {
     "exec": cmd_exec,
     "preview": cmd_preview,
     "check": cmd_check,
+    "scan": cmd_scan,
+    "schema": cmd_schema,
     "healthcheck": cmd_healthcheck,
     "init": cmd_init,
 }

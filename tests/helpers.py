@@ -56,16 +56,18 @@ def record_process_output(args: object, stdout: object, stderr: object) -> None:
     """Keep an initfetch process's outputs for the leak check.
 
     Not kept: stdout of `preview --reveal` (it prints values on purpose) and stdout of
-    `exec` (that is the application's own output).
+    `exec` (that is the application's own output) unless it runs with `--mask-output`.
     """
     if not is_initfetch(args):
         return
     words = _words(args)
-    command = next((w for w in words if w in ("render", "exec", "preview", "check", "healthcheck")), "")
+    commands = ("render", "exec", "preview", "check", "healthcheck", "scan", "schema")
+    command = next((w for w in words if w in commands), "")
     label = " ".join(words[words.index(command) :][:6]) if command else " ".join(words[:4])
     reveal = command == "preview" and "--reveal" in words
+    application = command == "exec" and "--mask-output" not in words
     for stream, text in (("stdout", stdout), ("stderr", stderr)):
-        if text is None or (stream == "stdout" and (reveal or command == "exec")):
+        if text is None or (stream == "stdout" and (reveal or application)):
             continue
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")

@@ -77,6 +77,10 @@ def load_manifest(
     load_outputs(ctx, data, manifest)
     _load_env(chk, data, manifest)
     manifest.watch = watch.parse(Quoting(chk), data)
+    mask_output = data.get("mask_output", False)
+    if not isinstance(mask_output, bool):
+        chk.add(data.at("mask_output"), "mask_output must be true or false")
+    manifest.mask_output = mask_output is True
     if chk.problems:
         raise BadInput(chk.problems)
     return manifest

@@ -22,7 +22,18 @@ ENV_NAME_RE = NAME_RE
 DEFAULT_MODE = 0o400
 MODE_TEXT_RE = re.compile(r"^(0o?)?[0-7]{1,4}$")
 
-TOP_KEYS = {"version", "providers", "secrets", "templates", "files", "env", "env_from", "limits", "on_change"}
+TOP_KEYS = {
+    "version",
+    "providers",
+    "secrets",
+    "templates",
+    "files",
+    "env",
+    "env_from",
+    "limits",
+    "on_change",
+    "mask_output",
+}
 SECRET_KEYS = {"ref", "optional", "default", "refresh"}
 PROVIDER_KEYS = {"type", "keep_credentials", "refresh"}  # the rest are the provider's own options
 OUTPUT_KEYS = {"dest", "mode", "owner", "group"}
@@ -83,6 +94,7 @@ class Manifest:
     warnings: list[Problem] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    mask_output: bool = False  # exec: the application's output passes through initfetch, values masked
 
 
 def default_manifest_path(environ: Mapping[str, str]) -> Path:
