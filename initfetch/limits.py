@@ -77,7 +77,9 @@ def parse_size(value: Any) -> int:
     if isinstance(value, str):
         m = _SIZE_RE.match(value)
         if m:
-            n = int(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+            # .get: a non-ASCII letter may match a case-insensitive letter
+            # (dotless i, U+0131, lowers to itself) and lower() to no known unit
+            n = int(m.group(1)) * _UNITS.get((m.group(2) or "").lower(), 0)
             if n > 0:
                 return n
     raise ValueError('must be a positive size such as 1048576 or "1MiB"')

@@ -423,3 +423,12 @@ def test_offline_preview_masks_an_included_secret_file(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert CANARY_INCLUDED not in r.stdout + r.stderr
     assert "a=<secret:db>\n\nb=<secret:db>\n\n" in r.stdout  # the file's own newline stays
+
+
+@pytest.mark.parametrize("text", ["1KıB", "1Mİ", "0MiB", "MiB", "1 TiB"])
+def test_a_size_with_an_unknown_unit_is_a_value_error(text: str) -> None:
+    # "ı" matches [Ii] case-insensitively but lowers to no known unit: once a KeyError (a crash)
+    from initfetch.limits import parse_size
+
+    with pytest.raises(ValueError):
+        parse_size(text)

@@ -112,7 +112,8 @@ def exec_watch(pipeline: Pipeline, first: Result, cmd: Sequence[str], opts: Opti
     watcher = Watcher(pipeline, first, notifier)
     thread = _start(watcher)
     code = supervisor.run()  # forwards every signal to the application until it exits
-    log.info("%s %s; stopping", cmd[0], _exited(code))
+    ended = execute.exit_text(supervisor.status) if supervisor.status is not None else f"exited with {code}"
+    log.info("%s %s; stopping", cmd[0], ended)
     _stop(watcher, thread, notifier, opts)
     return code
 
@@ -152,12 +153,5 @@ def _stop(
     then revoke and wipe as asked, within the stop deadline."""
     watcher.request_stop()
     thread.join(STOP_JOIN)
-    getattr(notifier, "close", lambda: None)()  # TODO(merge): notifiers get close() on the hooks branch
+    notifier.close()  # a hook still running is killed with its process group
     watcher.finish(revoke=opts.revoke_on_exit, wipe=opts.wipe_on_exit)
-
-
-def _exited(code: int) -> str:
-    """`exited with 3`, or `was killed by SIGTERM` for the shell's 128+N."""
-    if code > 128 and code - 128 in {s.value for s in signal.Signals}:
-        return f"was killed by {signal.Signals(code - 128).name}"
-    return f"exited with {code}"

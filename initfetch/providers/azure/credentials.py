@@ -50,6 +50,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def check_auth(auth: Mapping[str, Any]) -> Iterable[OptionProblem]:
     """Offline problems with an `auth:` mapping (key paths are relative to the instance)."""
     method = auth.get("method", "default")
+    if not isinstance(method, str):  # a mapping or list is never quoted: it may hold anything
+        yield ("auth", "method"), f"auth method must be one of: {', '.join(METHODS)}"
+        return
     if method not in METHODS:
         yield ("auth", "method"), f"unknown auth method '{method}' (known: {', '.join(METHODS)})"
         return

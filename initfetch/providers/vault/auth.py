@@ -408,7 +408,10 @@ def check_auth(auth: object) -> Iterable[OptionProblem]:
         yield ("auth",), "'auth' must be a mapping with a 'method'"
         return
     method = auth.get("method", "token")
-    cls = METHODS.get(method) if isinstance(method, str) else None
+    if not isinstance(method, str):  # a mapping or list is never quoted: it may hold anything
+        yield ("auth", "method"), f"auth method must be one of: {', '.join(sorted(METHODS))}"
+        return
+    cls = METHODS.get(method)
     if cls is None:
         yield ("auth", "method"), f"unknown auth method {method!r} (known: {', '.join(sorted(METHODS))})"
         return
