@@ -15,7 +15,7 @@ PROBE = """
 import sys
 from initfetch.cli import main
 rc = main(sys.argv[1:])
-watched = {'hvac', 'boto3', 'botocore', 'azure', 'requests', 'jinja2', 'tenacity'}
+watched = {'hvac', 'boto3', 'botocore', 'azure', 'requests', 'jinja2', 'tenacity', 'prometheus_client'}
 heavy = sorted({m.split('.')[0] for m in sys.modules} & watched)
 print('HEAVY=' + ','.join(heavy))
 sys.exit(rc)
@@ -67,7 +67,7 @@ def core_only_path(tmp_path: Path) -> Path:
     """A directory holding only the core dependencies, as a minimal install would have."""
     lib = tmp_path / "core-lib"
     lib.mkdir()
-    for name in ("jinja2", "markupsafe", "yaml", "tenacity", "ahocorasick"):
+    for name in ("jinja2", "markupsafe", "yaml", "tenacity", "ahocorasick", "prometheus_client"):
         try:
             mod = importlib.import_module(name)
         except ImportError:
