@@ -233,10 +233,19 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         ("--max-stale",),
-        "unhealthy once the render was last confirmed current longer ago than this (30s, 5m, 1h)",
-        ("healthcheck",),
+        "unhealthy once the render was last confirmed current longer ago than this (30s, 5m, 1h); "
+        "render and exec: what --listen's /readyz allows",
+        (*WRITING, "healthcheck"),
         "INITFETCH_MAX_STALE",
         metavar="DURATION",
+    ),
+    Option(
+        ("--listen",),
+        "serve /healthz, /readyz and /metrics (Prometheus) on this address while running: "
+        "render --watch or --hold, exec (implies --supervise); PORT alone listens on 127.0.0.1",
+        WRITING,
+        "INITFETCH_LISTEN",
+        metavar="[ADDR:]PORT",
     ),
     Option(
         ("--from",),
@@ -300,6 +309,7 @@ EXAMPLES = {
   initfetch render -o /run/secrets               # init container: write, then exit
   initfetch render --hold                        # sidecar: write, then keep the tmpfs volume mounted
   initfetch render --watch                       # sidecar: keep the files current (docs/watch.md)
+  initfetch render --watch --listen 0.0.0.0:9090 # and serve /healthz, /readyz, /metrics
   INITFETCH_OUT=/dev/shm/app initfetch render    # every flag has an INITFETCH_* twin""",
     "exec": """examples:
   initfetch exec -- ./server --port 8080         # render, then replace itself with the app

@@ -92,27 +92,52 @@ def _written(pipeline: Pipeline, result: Result) -> None:
 
 
 def cmd_render(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    if args.listen and not (args.watch or args.hold):
+        raise BadInput(
+            "--listen (INITFETCH_LISTEN) needs render --watch or --hold: a render that exits serves nothing"
+        )
     if args.watch:
         from initfetch.watch.run import guard_first_render
 
         guard_first_render()
     manifest = load(_manifest_path(args, env), env, Mode.RENDER)
     check_target(Path(args.out), args.allow_disk, manifest.outputs)  # fail before any backend is asked
-    with Pipeline(manifest, env, redactor, _settings(args)) as pipeline:
-        pipeline.claim("render --watch" if args.watch else "render")
-        result = _run(pipeline)
-        _written(pipeline, result)
-        if args.watch:  # --watch holds too; --hold alone holds and never refreshes
-            from initfetch.watch.run import Options, render_watch
+    with contextlib.ExitStack() as stack:
+        listener = _listener(args, Path(args.out), redactor, stack)
+        with Pipeline(manifest, env, redactor, _settings(args)) as pipeline:
+            _observed(pipeline, listener)
+            pipeline.claim("render --watch" if args.watch else "render")
+            result = _run(pipeline)
+            _written(pipeline, result)
+            if args.watch:  # --watch holds too; --hold alone holds and never refreshes
+                from initfetch.watch.run import Options, render_watch
 
-            opts = Options(revoke_on_exit=args.revoke_on_exit, wipe_on_exit=args.wipe_on_exit)
-            return render_watch(pipeline, result, opts)
-    from initfetch.watch import status
+                opts = Options(revoke_on_exit=args.revoke_on_exit, wipe_on_exit=args.wipe_on_exit)
+                return render_watch(pipeline, result, opts)
+        from initfetch.watch import status
 
-    status.remove(Path(args.out))  # not watched: no earlier watcher's status may speak for it
-    if args.hold:
-        _hold()
+        status.remove(Path(args.out))  # not watched: no earlier watcher's status may speak for it
+        if args.hold:
+            _hold()
     return 0
+
+
+def _listener(
+    args: argparse.Namespace, out_dir: Path | None, redactor: Redactor, stack: contextlib.ExitStack
+) -> Any:
+    """With --listen: the probes and metrics, served until `stack` closes (the port is taken
+    before any backend is asked, so a port in use fails at once); else None."""
+    if not args.listen:
+        return None
+    from initfetch.listen import Listener, parse_address
+
+    address = parse_address(args.listen)
+    return stack.enter_context(Listener(address, out_dir, _max_stale(args), redactor))
+
+
+def _observed(pipeline: Pipeline, listener: Any) -> None:
+    if listener is not None:
+        pipeline.observer = listener.metrics
 
 
 def _hold() -> None:
@@ -141,14 +166,34 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
         guard_first_render()
     manifest = _exec_manifest(args, env)
     _unconfigured(args, env, manifest, cmd[0])
-    masking = args.mask_output or manifest.mask_output
     if manifest.outputs:
         check_target(Path(args.out), args.allow_disk, manifest.outputs)
     # exec --watch writes its marker and status even without files, so healthcheck can judge it;
     # they hold no value, so they may go to disk.
     writes = bool(manifest.outputs) or args.watch
     settings = _settings(args, writes=writes, allow_disk=args.allow_disk or not manifest.outputs)
+    with contextlib.ExitStack() as stack:
+        listener = _listener(args, settings.out_dir, redactor, stack)
+        return _exec(args, (cmd, manifest, env), settings, redactor, listener)
+    raise AssertionError("unreachable")  # pragma: no cover (mypy: ExitStack may swallow)
+
+
+def _exec(
+    args: argparse.Namespace,
+    what: tuple[list[str], Manifest, Mapping[str, str]],
+    settings: Settings,
+    redactor: Redactor,
+    listener: Any,
+) -> int:
+    """exec once the command, the manifest and the settings are known: resolve, render, write,
+    then start the application (replacing initfetch, or supervising it)."""
+    from initfetch import execute
+
+    cmd, manifest, env = what
+    masking = args.mask_output or manifest.mask_output
+    writes = settings.out_dir is not None
     with Pipeline(manifest, env, redactor, settings) as pipeline:
+        _observed(pipeline, listener)
         if writes:
             pipeline.claim("exec --watch" if args.watch else "exec")
         result = _run(pipeline)
@@ -167,10 +212,14 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
                 return exec_watch(pipeline, result, cmd, opts)
         child = execute.child_env(env, result.rendered.env, pipeline.credentials(result.resolution))
     log.info("starting %s with %d variable(s) from %s", cmd[0], variables, source)
+    if listener is not None:
+        listener.started.set()
     if masking:  # initfetch stays the parent: the output goes through it
         with _masked(True, redactor):
             return execute.supervise(cmd, child)
-    return execute.supervise(cmd, child) if args.supervise else execute.replace(cmd, child)
+    # --listen: initfetch stays to serve it, as the application's supervisor
+    supervised = args.supervise or listener is not None
+    return execute.supervise(cmd, child) if supervised else execute.replace(cmd, child)
 
 
 def _masked(on: bool, redactor: Redactor) -> contextlib.AbstractContextManager[None]:
@@ -358,18 +407,21 @@ def cmd_schema(args: argparse.Namespace, env: Mapping[str, str], redactor: Redac
     return 0
 
 
-def cmd_healthcheck(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+def _max_stale(args: argparse.Namespace) -> float | None:
     from initfetch.manifest.watch import parse_duration
+
+    if args.max_stale is None:
+        return None
+    try:
+        return parse_duration(args.max_stale)
+    except ValueError as e:
+        raise BadInput(f"--max-stale (INITFETCH_MAX_STALE) {e}") from None
+
+
+def cmd_healthcheck(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
     from initfetch.outdir import health
 
-    max_stale = None
-    if args.max_stale is not None:
-        try:
-            max_stale = parse_duration(args.max_stale)
-        except ValueError as e:
-            raise BadInput(f"--max-stale (INITFETCH_MAX_STALE) {e}") from None
-    marker = health.healthcheck(Path(args.out))
-    health.check(Path(args.out), marker, max_stale)
+    health.ready(Path(args.out), _max_stale(args))
     return 0
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from initfetch.errors import BadInput, SecretError
 from initfetch.manifest import Manifest, load_manifest, missing_sdks
+from initfetch.observe import Observer
 from initfetch.providers.base import FetchContext
 from initfetch.redact import Redactor
 from initfetch.resolve.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolver
@@ -182,9 +183,19 @@ class Pipeline:
         prints = writer.write_all(
             out_dir, todo, self.manifest.outputs, marker, allow_disk=self.settings.allow_disk
         )
+        self.observer.files_written(len(todo))
         return Written(out_dir, sorted(todo), prints)
 
     # --- around the stages ---
+
+    @property
+    def observer(self) -> Observer:
+        """Who is told what the stages do (`--listen`'s metrics); by default no one."""
+        return self.resolver.observer
+
+    @observer.setter
+    def observer(self, observer: Observer) -> None:
+        self.resolver.observer = observer
 
     def claim(self, holder: str) -> None:
         """Claim OUT_DIR for `holder`: a directory another initfetch writes to (a live watcher's)

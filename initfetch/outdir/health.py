@@ -23,6 +23,12 @@ from initfetch.errors import NotReady, Problem, shown
 from initfetch.outdir.names import MARKER_NAME, STATUS_NAME
 
 
+def ready(out_dir: Path, max_stale: float | None) -> None:
+    """Raise NotReady unless a complete render is in place and current: what `healthcheck`
+    answers, and `--listen`'s `/readyz` (one rule, one implementation)."""
+    check(out_dir, healthcheck(out_dir), max_stale)
+
+
 def healthcheck(out_dir: Path) -> dict[str, Any]:
     """Raise NotReady unless a complete render is in place; return the marker.
 

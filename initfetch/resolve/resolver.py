@@ -22,6 +22,7 @@ from initfetch import providers
 from initfetch.errors import Problem, ResolveFailed, SecretError, Unavailable
 from initfetch.logs import audit
 from initfetch.manifest import Manifest, SecretSpec
+from initfetch.observe import NULL, Observer
 from initfetch.providers.base import Document, FetchContext, Lease, Provider
 from initfetch.redact import Redactor
 from initfetch.reference import DocKey
@@ -102,6 +103,7 @@ class Resolver:
         self.pool = WorkerPool(self.concurrency)
         self.outages = Outages()
         self.stop: threading.Event | None = None  # a watcher's: every wait ends when it is set
+        self.observer: Observer = NULL  # --listen's metrics: each call's duration, backends up/down
 
     def instance(self, name: str) -> Provider:
         inst = self.instances.get(name)
@@ -129,7 +131,7 @@ class Resolver:
         for name in {u.instance for u in units}:
             if name not in self.pacing:
                 self.pacing[name] = AdaptiveLimit(min(self.concurrency, self.instances[name].concurrency))
-        run_units(units, ctx, Fetching(self.instances, self.pacing, self.pool, self.outages))
+        run_units(units, ctx, Fetching(self.instances, self.pacing, self.pool, self.outages, self.observer))
         documents: dict[Group, tuple[Document | SecretError, int]] = {}
         for unit in units:
             for doc in unit.docs:

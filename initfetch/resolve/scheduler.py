@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from initfetch.errors import SecretError, TooLarge, Unavailable
 from initfetch.limits import exceeded
+from initfetch.observe import NULL, Observer
 from initfetch.providers.base import Document, FetchContext, Provider
 from initfetch.reference import DocKey
 from initfetch.resolve.outage import Outages
@@ -60,11 +61,13 @@ class Fetching:
     pacing: dict[str, AdaptiveLimit]
     pool: WorkerPool
     outages: Outages
+    observer: Observer = NULL
 
 
 def run_units(units: list[Unit], ctx: FetchContext, fetching: Fetching) -> None:
     """Run every unit to a result, or until the deadline or the stop event."""
     scheduler = _Scheduler(units, fetching.pacing, ctx, fetching.outages)
+    scheduler.observer = fetching.observer
     for _ in range(min(fetching.pool.size, len(units))):
         fetching.pool.submit(lambda: scheduler.work(fetching.instances))
     scheduler.wait()
@@ -115,6 +118,7 @@ class _Scheduler:
         self.delayed: list[tuple[float, int, Unit]] = []  # (not before, tie-break, unit)
         self.open = len(units)
         self.cond = threading.Condition()
+        self.observer: Observer = NULL
 
     def wait(self) -> None:
         """Until every unit is done, the deadline has passed, or the stop event is set."""
@@ -129,7 +133,9 @@ class _Scheduler:
     def work(self, instances: Mapping[str, Provider]) -> None:
         while (taken := self._take()) is not None:
             unit, generation = taken
+            began = time.monotonic()
             got = _call(instances[unit.instance], unit.pending, self.ctx)
+            _observe(self.observer, unit.instance, time.monotonic() - began, list(got.values()))
             self._finished(unit, generation, got)
 
     def _take(self) -> tuple[Unit, int] | None:
@@ -205,6 +211,17 @@ class _Scheduler:
             delay = max(delay, throttle.retry_after)
         # Never sleep past the point where one last attempt still fits before the deadline.
         return max(0.0, min(delay, left - self.reserve))
+
+
+def _observe(
+    observer: Observer, instance: str, seconds: float, results: list[Document | SecretError]
+) -> None:
+    """One call's duration and class. The backend is up when it answered anything (a permanent
+    error such as a 403 is an answer too), down when every result is a transient error
+    (unreachable, a timeout, 5xx, throttled)."""
+    errors = [r for r in results if isinstance(r, SecretError)]
+    observer.request(instance, seconds, errors[0].kind if errors else None)
+    observer.backend(instance, len(errors) < len(results) or any(not e.transient for e in errors))
 
 
 def _backoff(attempt: int) -> float:

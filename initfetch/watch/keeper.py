@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from initfetch.errors import LeaseRevoked, LoginExpired, SecretError, Unavailable
+from initfetch.errors import LeaseRevoked, LoginExpired, NotRenewable, SecretError, Unavailable
+from initfetch.observe import NULL, Observer
 from initfetch.providers.base import FetchContext, Lease, Provider
 from initfetch.reference import DocKey
 from initfetch.resolve.pool import WorkerPool, run_all
@@ -79,6 +80,7 @@ class LeaseKeeper:
         self.leases: dict[Doc | Login, Lease] = {}
         self.revokes: list[_Revoke] = []
         self._budget: float | None = None  # set while finishing: every call fits in it, stop or not
+        self.observer: Observer = NULL
 
     def _ctx(self) -> FetchContext:
         if self._budget is not None:
@@ -118,9 +120,7 @@ class LeaseKeeper:
     def renew_all(self, keys: set[Doc], now: float) -> set[Doc]:
         """Renew these leases together on the pool; returns the ones that must be replaced (read again)."""
         ctx = self._ctx()
-        calls = {
-            key: (lambda key=key: self.instances[key.instance].renew(self.leases[key], ctx)) for key in keys
-        }
+        calls = {key: (lambda key=key: self._renew(key, ctx)) for key in keys}
         results = run_all(self.calls.pool, calls, ctx.deadline, self.calls.stop)
         replace = set()
         for key in sorted(keys, key=str):
@@ -129,6 +129,22 @@ class LeaseKeeper:
                 replace.add(key)
         return replace
 
+    def _renew(self, key: Doc, ctx: FetchContext) -> Lease:
+        """One renewal, told to the observer: its duration and class, the backend up or down."""
+        began = time.monotonic()
+        failure: SecretError | None = None
+        try:
+            return self.instances[key.instance].renew(self.leases[key], ctx)
+        except SecretError as e:
+            failure = e
+            raise
+        finally:
+            if not self.calls.stop.is_set():
+                self.observer.request(
+                    key.instance, time.monotonic() - began, failure.kind if failure else None
+                )
+                self.observer.backend(key.instance, failure is None or not failure.transient)
+
     def _renewed(self, key: Doc, result: Lease | BaseException, now: float) -> bool:
         """Account for one renewal; False when the lease must be replaced instead."""
         lease = self.leases[key]
@@ -136,6 +152,9 @@ class LeaseKeeper:
             result = SecretError(f"unexpected {type(result).__name__} renewing the lease")
         if isinstance(result, SecretError):
             e = result
+            if not self.calls.stop.is_set() and not isinstance(e, NotRenewable):
+                # a lease that cannot be renewed is replaced: the read that replaces it counts
+                self.observer.refresh(key.instance, e.kind)
             if e.transient:
                 log.warning("renewing the lease of %s failed (%s); retrying", key, e.kind)
                 self.schedule.failed(key, now)
@@ -144,6 +163,7 @@ class LeaseKeeper:
             self.schedule.refused(key, now)  # a failed replacement is retried as a replacement
             return False
         granted = result
+        self.observer.refresh(key.instance, None)
         entry = self.schedule.renewed(key, granted.duration, now)
         # Keep the first TTL: every renewal asks for it again, and a shorter grant means max TTL.
         self.leases[key] = Lease(lease.id, lease.duration, granted.renewable)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from initfetch.errors import InitfetchError, ResolveFailed
+from initfetch.errors import InitfetchError, ResolveFailed, WriteFailed
 from initfetch.manifest.watch import WatchConfig
 from initfetch.outdir.heal import Fingerprint, changed
 from initfetch.outdir.wipe import wipe_files
@@ -43,6 +43,7 @@ log = logging.getLogger("initfetch.watch")
 
 OUTAGE_SUMMARY_EVERY = 60.0  # seconds between "still waiting" lines while a backend is down
 HEAL_EVERY_MAX = 60.0  # rendered files are checked at least this often (and after every refresh)
+STUCK_AFTER = 60.0  # a cycle at work longer than this plus twice --timeout: the loop is stuck
 
 
 @dataclass
@@ -76,11 +77,13 @@ class Watcher:
         self._refresh_all = False
         self.schedule = sched.Schedule()
         self.instances = pipeline.resolver.instances  # logged in already by the first render
+        self.observer = pipeline.observer
         resolver = pipeline.resolver
         resolver.stop = self.stop
         resolver.outages.every = OUTAGE_SUMMARY_EVERY
         calls = Calls(self.instances, resolver.pool, pipeline.settings.timeout, self.stop)
         self.keeper = LeaseKeeper(calls, self.schedule, clock)
+        self.keeper.observer = self.observer
         self.failures = Failures(OUTAGE_SUMMARY_EVERY, clock)
         self.out_dir = pipeline.settings.out_dir  # None: nothing is written (exec without files)
         self.status = StatusFile(self.out_dir) if self.out_dir is not None else None
@@ -99,8 +102,11 @@ class Watcher:
         self._previous: dict[str, Any] = {}  # the value before the current one, still masked
         self._logins = {name: inst.login_generation for name, inst in self.instances.items()}
         self._logins_planned = False
+        self._thread: threading.Thread | None = None  # while run() runs
+        self._busy_since: float | None = None  # when the cycle at work began
         self._plan(self.clock())
         self._update_status(self.clock())  # from now on the render counts as watched (--max-stale)
+        self.observer.watching(self)
 
     def _plan(self, now: float) -> None:
         polls = []
@@ -147,8 +153,23 @@ class Watcher:
             if any(k.instance == name for k in self.docs):
                 self.keeper.keep_login(name, self.clock())
 
+    def alive(self) -> bool:
+        """The loop runs (`/healthz`): its thread is there, and no cycle has been at work for
+        longer than a cycle can take (every call in it ends at --timeout's deadline)."""
+        thread, busy = self._thread, self._busy_since
+        if thread is None or not thread.is_alive():
+            return False
+        return busy is None or time.monotonic() - busy <= STUCK_AFTER + 2 * self.pipeline.settings.timeout
+
     def run(self) -> None:
         """Refresh until `request_stop`."""
+        self._thread = threading.current_thread()
+        try:
+            self._loop()
+        finally:
+            self._thread = None
+
+    def _loop(self) -> None:
         if not self._logins_planned:
             self._plan_logins()
         while not self.stop.is_set():
@@ -160,7 +181,9 @@ class Watcher:
             self._wake.wait(max(0.0, min(wake) - self.clock()))
             self._wake.clear()
             if not self.stop.is_set():
+                self._busy_since = time.monotonic()
                 self.cycle()
+                self._busy_since = None
 
     def cycle(self) -> None:
         """Do everything that is due now."""
@@ -230,6 +253,8 @@ class Watcher:
                     ((r.provider, r.lease) for r in resolution.info.values() if r.lease is not None), now
                 )
             return False
+        for key in keys:
+            self.observer.refresh(key.instance, None)
         self.failures.resolved(names)
         changed_secrets = [n for n in names if values.get(n) != self.values.get(n)]
         for name in changed_secrets:
@@ -287,11 +312,21 @@ class Watcher:
             self.schedule.failed(key, now)
         if self.stop.is_set():
             return  # cut short by the stop: not a failure of the backend
+        for key in keys:
+            self.observer.refresh(key.instance, self._failure_class(key, e))
         log.debug("the refresh of %d document(s) failed: %s", len(keys), e.headline)
         if isinstance(e, ResolveFailed):
             self.failures.failed(e.failures)
         else:  # a template that stopped rendering, a write refused: keyed by their own line
             self.failures.failed({str(p): (e.headline, p) for p in e.problems})
+
+    def _failure_class(self, key: Doc, e: InitfetchError) -> str:
+        """The class a failed refresh of `key` counts under: its own secrets' failure, else
+        what failed around them (another document, the render, the write)."""
+        if isinstance(e, ResolveFailed):
+            kinds = [e.failures[n][0] for n in self.docs[key] if n in e.failures]
+            return kinds[0] if kinds else "other-document"
+        return "write" if isinstance(e, WriteFailed) else "render"
 
     # --- output kept as written ---
 

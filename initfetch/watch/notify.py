@@ -23,6 +23,18 @@ from dataclasses import dataclass
 from initfetch import execute
 from initfetch.execute import Supervisor
 from initfetch.manifest.watch import OnChange
+from initfetch.observe import (
+    COMMAND,
+    FAILED,
+    NOT_STARTED,
+    NULL,
+    OK,
+    RESTART,
+    SIGNAL,
+    SKIPPED,
+    TIMEOUT,
+    Observer,
+)
 from initfetch.templating.render import Rendered
 from initfetch.watch.loop import Change
 
@@ -47,8 +59,9 @@ class HookRunner:
     watcher.
     """
 
-    def __init__(self, hook: Hook) -> None:
+    def __init__(self, hook: Hook, observer: Observer = NULL) -> None:
         self.hook = hook
+        self.observer = observer
         self._lock = threading.Lock()
         self._running = False  # a hook thread is at work
         self._pending: Change | None = None
@@ -110,6 +123,7 @@ class HookRunner:
                 )
             except OSError as e:
                 _cannot_start(name, e)
+                self.observer.notified(COMMAND, NOT_STARTED)
                 return
             self._pgid = pid
         status = execute.processes.wait(pid, timeout)
@@ -124,7 +138,10 @@ class HookRunner:
         with self._lock:
             self._pgid = None
             if status is None or self._closed:
+                if status is None:
+                    self.observer.notified(COMMAND, TIMEOUT)
                 return  # killed by us, and said so
+        self.observer.notified(COMMAND, FAILED if status else OK)
         if status:
             log.warning("on_change command %s %s", name, execute.exit_text(status))
         else:
@@ -141,10 +158,13 @@ def _cannot_start(name: str, e: OSError) -> None:
 class CommandNotifier:
     """render mode: the files are rewritten; run the manifest's command, if any."""
 
-    def __init__(self, on_change: OnChange, command_env: Mapping[str, str]) -> None:
+    def __init__(
+        self, on_change: OnChange, command_env: Mapping[str, str], observer: Observer = NULL
+    ) -> None:
         self.on_change = on_change
+        self.observer = observer
         hook = Hook(on_change.command, dict(command_env), on_change.timeout)
-        self.hooks = HookRunner(hook) if on_change.command else None
+        self.hooks = HookRunner(hook, observer) if on_change.command else None
 
     def __call__(self, change: Change) -> None:
         if self.hooks is not None:
@@ -166,8 +186,9 @@ class ExecNotifier(CommandNotifier):
         on_change: OnChange,
         child_env: Callable[[Rendered], Mapping[str, str]],
         command_env: Mapping[str, str],
+        observer: Observer = NULL,
     ) -> None:
-        super().__init__(on_change, command_env)
+        super().__init__(on_change, command_env, observer)
         self.supervisor = supervisor
         self.child_env = child_env
 
@@ -180,12 +201,18 @@ class ExecNotifier(CommandNotifier):
                 ", ".join(change.env),
                 name,
             )
-            self.supervisor.restart(self.child_env(change.rendered), self.on_change.grace)
+            self._restart(change)
         elif self.on_change.restart:
             log.info("restarting %s (on_change: restart)", name)
-            self.supervisor.restart(self.child_env(change.rendered), self.on_change.grace)
+            self._restart(change)
         elif self.on_change.signal is not None or not self.on_change.command:
             signum = self.on_change.signal or signal.SIGHUP
             log.info("sending %s to %s", execute.signal_name(signum), name)
-            self.supervisor.send(signum)
+            self.observer.notified(SIGNAL, OK if self.supervisor.send(signum) else FAILED)
         super().__call__(change)
+
+    def _restart(self, change: Change) -> None:
+        before = self.supervisor.restarts
+        self.supervisor.restart(self.child_env(change.rendered), self.on_change.grace)
+        # not restarted: stopping anyway, not started yet, or the group was already gone
+        self.observer.notified(RESTART, OK if self.supervisor.restarts > before else SKIPPED)

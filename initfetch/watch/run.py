@@ -71,7 +71,7 @@ def render_watch(pipeline: Pipeline, first: Result, opts: Options) -> int:
     if on_change.signal is not None or on_change.restart:
         log.warning("on_change: signal and restart apply to exec --watch; render --watch only runs a command")
     command_env = execute.child_env(pipeline.environ, {}, pipeline.credentials(first.resolution))
-    notifier = CommandNotifier(on_change, command_env)
+    notifier = CommandNotifier(on_change, command_env, pipeline.observer)
     watcher = Watcher(pipeline, first, notifier)  # no backend is asked here: run() does that
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -108,7 +108,9 @@ def exec_watch(pipeline: Pipeline, first: Result, cmd: Sequence[str], opts: Opti
         return execute.child_env(pipeline.environ, r.env, remove)
 
     supervisor = execute.Supervisor(cmd, child_env(first.rendered), stop_grace=on_change.grace)
-    notifier = ExecNotifier(supervisor, on_change, child_env, execute.child_env(pipeline.environ, {}, remove))
+    notifier = ExecNotifier(
+        supervisor, on_change, child_env, execute.child_env(pipeline.environ, {}, remove), pipeline.observer
+    )
     watcher = Watcher(pipeline, first, notifier)
     thread = _start(watcher)
     code = supervisor.run()  # forwards every signal to the application until it exits
