@@ -4,7 +4,8 @@ only by this module, and this module only when `--listen` is given).
 Counters, the histogram and `backend_up` are driven by the Observer events (initfetch.observe);
 the times of the schedule (last refresh, next refresh, lease and login expiry) are read from
 the watcher when Prometheus scrapes, so they cost nothing between scrapes. Labels are names
-from the manifest (`secret`, `instance`) and classes from fixed sets (`class`, `action`,
+from the manifest (`secret`, `provider`: a provider instance's name; not `instance`, which
+Prometheus sets to the scraped target) and classes from fixed sets (`class`, `action`,
 `result`): never a value, a reference's path or an address, and no more series than the
 manifest has names.
 """
@@ -48,7 +49,7 @@ class Metrics(Observer):
         self.requests = Histogram(
             "initfetch_backend_request_duration_seconds",
             "Duration of calls to a backend (reads, batches, renewals), per provider instance",
-            ["instance"],
+            ["provider"],
             buckets=BUCKETS,
             registry=r,
         )
@@ -56,19 +57,19 @@ class Metrics(Observer):
             "initfetch_backend_up",
             "1 when the provider instance's last call was answered, 0 when it failed to answer "
             "(unreachable, timeout, 5xx, throttled)",
-            ["instance"],
+            ["provider"],
             registry=r,
         )
         self.attempts = Counter(
             "initfetch_refresh_attempts",
             "Refreshes (reads and lease renewals) of one document, per provider instance",
-            ["instance"],
+            ["provider"],
             registry=r,
         )
         self.failures = Counter(
             "initfetch_refresh_failures",
             "Failed refreshes of one document, per provider instance and failure class",
-            ["instance", "class"],
+            ["provider", "class"],
             registry=r,
         )
         self.files = Counter("initfetch_files_written", "Rendered files written to OUT_DIR", registry=r)
@@ -141,7 +142,7 @@ class _Scheduled(Collector):
         login = GaugeMetricFamily(
             "initfetch_login_expiry_timestamp_seconds",
             "When the provider instance's login (a Vault token) expires unless renewed (Unix time)",
-            labels=["instance"],
+            labels=["provider"],
         )
         watcher = self.metrics.watcher
         if watcher is not None:
