@@ -51,15 +51,14 @@ def expire_time(bao: OpenBao, lease_id: str) -> float:
     return float(calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")))
 
 
-def watching(
-    procs: list[Proc], tmp_path: Path, proxy: FaultProxy, db_path: str
-) -> tuple[Proc, str, Path]:
+def watching(procs: list[Proc], tmp_path: Path, proxy: FaultProxy, db_path: str) -> tuple[Proc, str, Path]:
     write(
         tmp_path / "initfetch.yaml",
         "version: 1\nproviders:\n  vault: {type: vault, refresh: 500ms}\nsecrets:\n"
         "  pw: vault://secret/listen/kv#password\n"
         f"  user: vault://{db_path}#username\n  pass: vault://{db_path}#password\n"
-        "files:\n  - {secret: pw, dest: pw}\n  - {secret: user, dest: user}\n  - {secret: pass, dest: pass}\n",
+        "files:\n  - {secret: pw, dest: pw}\n  - {secret: user, dest: user}\n"
+        "  - {secret: pass, dest: pass}\n",
     )
     port = free_port()
     out = tmp_path / "out"

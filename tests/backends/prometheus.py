@@ -109,7 +109,8 @@ def _wait_ready(prom: Prometheus, timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if prom.proc.poll() is not None:
-            raise AssertionError(f"prometheus exited ({prom.proc.returncode}):\n{prom.log.read_text()[-3000:]}")
+            tail = prom.log.read_text()[-3000:]
+            raise AssertionError(f"prometheus exited ({prom.proc.returncode}):\n{tail}")
         try:
             with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=2) as r:
                 if r.status == 200:
