@@ -26,9 +26,14 @@ def test_kubernetes_native_sidecar_shape(tmp_path: Path) -> None:
     (sidecar,) = pod["initContainers"]
     assert sidecar["restartPolicy"] == "Always"  # a native sidecar (Kubernetes >= 1.29)
     assert sidecar["args"][:2] == ["render", "--watch"]
-    assert "healthcheck" in sidecar["startupProbe"]["exec"]["command"]
-    live = sidecar["livenessProbe"]["exec"]["command"]
-    assert "healthcheck" in live and "--max-stale" in live
+    # HTTP probes on --listen: /readyz is healthcheck's verdict (with --max-stale), /healthz the loop
+    env = {e["name"]: e["value"] for e in sidecar["env"]}
+    assert env["INITFETCH_LISTEN"] == "0.0.0.0:9090" and env["INITFETCH_MAX_STALE"] == "10m"
+    (port,) = sidecar["ports"]
+    assert port == {"name": "metrics", "containerPort": 9090}
+    assert sidecar["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols["fetched"]["emptyDir"]["medium"] == "Memory"
     for c in [sidecar, *pod["containers"]]:
@@ -43,10 +48,10 @@ def test_kubernetes_native_sidecar_shape(tmp_path: Path) -> None:
     manifest = load_manifest(tmp_path / "initfetch.yaml", {})
     assert manifest.watch.providers == {"vault": 60.0}
     assert manifest.watch.on_change.revoke_grace == 120.0
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INITFETCH_", "VAULT_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("INITFETCH_", "VAULT_"))}
     check = subprocess.run(
         [str(BIN / "initfetch"), "check", "-m", str(tmp_path / "initfetch.yaml")],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True, text=True, timeout=60, env=environ,
     )  # fmt: skip
     assert check.returncode == 0, check.stderr
 
