@@ -202,6 +202,28 @@ def test_half_open_slow_and_flooding_clients_block_neither_probes_nor_the_watche
     assert_no_canary(p.log(), canaries=[CANARY_LISTEN, CANARY_LISTEN2])
 
 
+def test_a_silent_client_is_closed_after_the_deadline_and_head_has_no_body() -> None:
+    from initfetch.listen import server
+
+    srv = server.Server(("127.0.0.1", 0), {"/x": lambda: server.Response(200, b"body\n")})
+    srv.start()
+    try:
+        port = srv.address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            begun = time.monotonic()
+            assert s.recv(1) == b""  # closed by the server, not by this test's timeout
+            assert time.monotonic() - begun < server.DEADLINE + 10
+        assert raw(port, b"HEAD /x HTTP/1.1\r\n\r\n").endswith(
+            b"Content-Length: 5\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+        )
+        assert raw(port, b"GET /x HTTP/1.0\n\n").endswith(b"\r\n\r\nbody\n")
+    finally:
+        begun = time.monotonic()
+        srv.close()
+        assert time.monotonic() - begun < 1.0
+    assert srv.sock.fileno() == -1  # the listening socket is closed
+
+
 # --- the other long-running modes ----------------------------------------------------------------
 
 
