@@ -174,8 +174,8 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
     settings = _settings(args, writes=writes, allow_disk=args.allow_disk or not manifest.outputs)
     with contextlib.ExitStack() as stack:
         listener = _listener(args, settings.out_dir, redactor, stack)
-        return _exec(args, (cmd, manifest, env), settings, redactor, listener)
-    raise AssertionError("unreachable")  # pragma: no cover (mypy: ExitStack may swallow)
+        code = _exec(args, (cmd, manifest, env), settings, redactor, listener)
+    return code
 
 
 def _exec(

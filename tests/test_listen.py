@@ -224,6 +224,32 @@ def test_a_silent_client_is_closed_after_the_deadline_and_head_has_no_body() -> 
     assert srv.sock.fileno() == -1  # the listening socket is closed
 
 
+def test_healthz_follows_the_watch_loop(tmp_path: Path) -> None:
+    import threading
+
+    from initfetch.listen import Listener
+    from initfetch.redact import Redactor
+    from tests.watch_helpers import start_watcher
+
+    write(tmp_path / "src", CANARY_LISTEN)
+    manifest = (
+        f"version: 1\nsecrets:\n  pw: file://{tmp_path / 'src'}\nfiles:\n  - {{secret: pw, dest: pw}}\n"
+    )
+    listener = Listener(("127.0.0.1", 0), tmp_path / "out", None, Redactor())
+    watcher, _ = start_watcher(tmp_path, manifest, {})
+    listener.metrics.watching(watcher)
+    assert listener.healthz().status == 503  # a watcher whose loop does not run
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    wait_until(lambda: listener.healthz().status == 200, what="the loop to count as alive")
+    assert listener.readyz().status == 200
+    watcher.request_stop()
+    thread.join(10)
+    assert listener.healthz().status == 200  # stopping: not a failure
+    watcher.finish(revoke=False, wipe=False)
+    listener.server.close()
+
+
 # --- the other long-running modes ----------------------------------------------------------------
 
 
