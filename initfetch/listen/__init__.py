@@ -30,13 +30,14 @@ DEFAULT_HOST = "127.0.0.1"
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """`PORT`, `:PORT`, `HOST:PORT` or `[IPV6]:PORT` (an IP address, not a name); without a host,
-    127.0.0.1. Raises BadInput naming the option."""
+    """`PORT`, `:PORT`, `HOST:PORT` or `[IPV6]:PORT` (an IP address or `localhost`, no other
+    name); without a host, 127.0.0.1. Raises BadInput naming the option."""
     text = text.strip()
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = "", text
     host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    host = DEFAULT_HOST if host == "localhost" else host  # the one name: no lookup at start
     problem = None
     try:
         number = int(port)
