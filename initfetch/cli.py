@@ -54,9 +54,9 @@ def _positive_int(text: str) -> int:
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-FETCHING = ("render", "exec", "preview", "scan", "diff")  # the commands that ask backends
+FETCHING = ("render", "exec", "preview", "scan", "diff", "doctor")  # the commands that ask backends
 WRITING = ("render", "exec")
-ALL = ("render", "exec", "preview", "check", "healthcheck", "scan", "diff", "schema", "init")
+ALL = ("render", "exec", "preview", "check", "healthcheck", "scan", "diff", "doctor", "schema", "init")
 
 SCAN_MIN_LENGTH = "8"  # initfetch.scan is not imported to build the parser: every command pays for that
 SCAN_MAX_FILE_SIZE = "100MiB"
@@ -170,7 +170,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         ("-m", "--manifest"),
         "manifest file",
-        ("render", "exec", "preview", "check", "scan", "diff"),
+        ("render", "exec", "preview", "check", "scan", "diff", "doctor"),
         # no default here: commands read INITFETCH_MANIFEST, as exec must tell "none given" apart
         shown="$INITFETCH_MANIFEST, else ./initfetch.yaml",
     ),
@@ -305,6 +305,7 @@ SUMMARIES = {
     "healthcheck": "exit 0 once a complete render is in place in the output directory",
     "scan": "report files under PATH that contain a secret value or an encoded form of one; exit 1 if any",
     "diff": "show what a render would change in the output directory, values masked; writes nothing",
+    "doctor": "check each provider instance: endpoint reachable, login and identity, access to each document",
     "schema": "print the manifest's JSON Schema (draft 2020-12), for editors and CI",
     "init": "write a commented starter manifest and template; never overwrites",
 }
@@ -338,6 +339,9 @@ EXAMPLES = {
     "diff": """examples:
   initfetch diff -o /run/secrets                 # files added, changed, removed; versions old -> new
   initfetch diff --exit-code -o staging-render   # CI: exit 1 when anything would change""",
+    "doctor": """examples:
+  initfetch doctor                               # one table: endpoint, login, identity, each document
+  initfetch doctor -m deploy/initfetch.yaml --timeout 20""",
     "schema": """examples:
   initfetch schema > initfetch.schema.json       # then in initfetch.yaml, for editors:
                                                  # yaml-language-server: $schema=./initfetch.schema.json""",

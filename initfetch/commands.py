@@ -264,6 +264,19 @@ def cmd_diff(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
     return 1 if report.differs and args.exit_code else 0
 
 
+def cmd_doctor(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    """Reachability, login and identity, and access to each document, per provider instance."""
+    from initfetch import doctor
+
+    manifest = load(_manifest_path(args, env), env, Mode.PREVIEW)
+    with Pipeline(manifest, env, redactor, _settings(args, writes=False), Mode.PREVIEW) as pipeline:
+        table = doctor.run(pipeline)
+    doctor.show(sys.stdout, table, redactor)
+    code = table.exit_code
+    (log.error if code else log.info)("%s%s", doctor.summary(table), f" (exit {code})" if code else "")
+    return code
+
+
 def cmd_check(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
     manifest = load(_manifest_path(args, env), env, Mode.CHECK)
     # Everything an offline render can find, with placeholders (no value, no backend).
@@ -420,6 +433,7 @@ COMMANDS = {
     "preview": cmd_preview,
     "check": cmd_check,
     "diff": cmd_diff,
+    "doctor": cmd_doctor,
     "scan": cmd_scan,
     "schema": cmd_schema,
     "healthcheck": cmd_healthcheck,
