@@ -4,6 +4,8 @@ Vault double). Each failure is the sentence to act on; no value is ever printed.
 
 from __future__ import annotations
 
+import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +58,11 @@ def doctor_run(tmp_path: Path, manifest: str, **env: str) -> Any:
 
 
 def cell(stdout: str, check: str) -> str:
-    """The line of the table whose CHECK column is `check`."""
-    for line in stdout.splitlines()[1:]:
-        if line.split(None, 3)[2] == check or line.split(None, 4)[2:4] == check.split():
+    """The line of the table whose CHECK column is `check` (columns from the header's offsets)."""
+    lines = stdout.splitlines()
+    start, end = lines[0].index("CHECK"), lines[0].index("RESULT")
+    for line in lines[1:]:
+        if line[start:end].strip() == check:
             return line
     raise AssertionError(f"no row {check!r} in:\n{stdout}")
 
@@ -115,3 +119,82 @@ def test_reach_reports_dns_and_tls(tmp_path: Path, vault: OpenBao) -> None:
     # https against a plain-http server: TLS fails, said as such
     ok, detail = doctor.reach(Endpoint(vault.url.replace("http://", "https://"), "Vault"), 2.0)
     assert not ok and "TLS failed" in detail
+
+
+# --- AWS: moto with IAM enforced ----------------------------------------------------------------
+
+from tests.backends.moto_server import ACCOUNT, REGION, aws_client, moto_url_fixture, set_auth_enforced  # noqa: E402
+
+moto_url = moto_url_fixture
+
+
+def iam_user_keys(url: str, actions: list[str]) -> dict[str, str]:
+    iam = aws_client(url, "iam")
+    user = "doctor-" + uuid.uuid4().hex[:8]
+    iam.create_user(UserName=user)
+    statement = {"Effect": "Allow", "Action": actions, "Resource": "*"}
+    policy = {"Version": "2012-10-17", "Statement": [statement]}
+    iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+
+def aws_env(url: str, tmp_path: Path, keys: dict[str, str]) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_MAX_ATTEMPTS": "1",
+        **keys,
+    }
+
+
+def test_aws_caller_identity_and_the_iam_action_on_the_arn(tmp_path: Path, moto_url: str) -> None:
+    uid = uuid.uuid4().hex[:8]
+    aws_client(moto_url, "secretsmanager").create_secret(
+        Name=f"doctor/api-{uid}", SecretString=json.dumps({"key": CANARY_DOCTOR})
+    )
+    aws_client(moto_url, "ssm").put_parameter(
+        Name=f"/doctor/{uid}/p", Value=CANARY_DOCTOR_KEY, Type="SecureString"
+    )
+    manifest = f"""\
+version: 1
+secrets:
+  api: awssm://doctor/api-{uid}#key
+  wrong_key: awssm://doctor/api-{uid}#kye
+  missing: awssm://doctor/missing-{uid}
+  param: ssm:///doctor/{uid}/p
+"""
+    keys = iam_user_keys(moto_url, ["secretsmanager:GetSecretValue", "sts:GetCallerIdentity"])
+    set_auth_enforced(moto_url, True)
+    try:
+        r = doctor_run(tmp_path, manifest, **aws_env(moto_url, tmp_path, keys))
+    finally:
+        set_auth_enforced(moto_url, False)
+    assert r.returncode == 3, r.stderr
+    out = r.stdout
+    assert "HTTP " in cell(out, "endpoint Secrets Manager")
+    login = cell(out, "login")
+    assert f"arn: arn:aws:iam::{ACCOUNT}:user/doctor-" in login
+    assert f"account: {ACCOUNT}" in login and f"region: {REGION}" in login
+    assert "readable" in cell(out, "api")
+    assert "no key 'kye' (keys there: key)" in cell(out, "wrong_key")
+    assert f"in region {REGION} (account {ACCOUNT})" in cell(out, "missing")
+    param = cell(out, "param")
+    assert "access-denied" in param
+    arn = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/doctor/{uid}/p"
+    assert f"needs ssm:GetParameter and ssm:GetParameters on {arn}" in param
+
+
+def test_aws_unknown_access_key_is_said_at_login(tmp_path: Path, moto_url: str) -> None:
+    manifest = "version: 1\nsecrets:\n  api: awssm://doctor/nothing#key\n"
+    keys = {"AWS_ACCESS_KEY_ID": "AKIADOCTORUNKNOWN000", "AWS_SECRET_ACCESS_KEY": "not-a-key-" + "x" * 20}
+    set_auth_enforced(moto_url, True)
+    try:
+        r = doctor_run(tmp_path, manifest, **aws_env(moto_url, tmp_path, keys))
+    finally:
+        set_auth_enforced(moto_url, False)
+    assert r.returncode == 3, r.stderr
+    assert "AWS does not know this access key id" in cell(r.stdout, "login")
