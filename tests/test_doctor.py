@@ -198,3 +198,66 @@ def test_aws_unknown_access_key_is_said_at_login(tmp_path: Path, moto_url: str) 
         set_auth_enforced(moto_url, False)
     assert r.returncode == 3, r.stderr
     assert "AWS does not know this access key id" in cell(r.stdout, "login")
+
+
+# --- Azure: the Key Vault double ----------------------------------------------------------------
+
+from tests.backends.keyvault_double import OBJECT_IDS, KeyVaultDouble  # noqa: E402
+from tests.backends.keyvault_double import keyvault as keyvault  # noqa: E402  (module-scoped fixture)
+
+
+def azure_manifest(kv: KeyVaultDouble, auth: dict[str, Any], secrets: dict[str, str]) -> str:
+    provider = {"type": "azure-keyvault", "vault_url": kv.url, "ca_file": kv.ca_file, "auth": auth}
+    return json.dumps({"version": 1, "providers": {"kv": provider}, "secrets": secrets})  # JSON is YAML
+
+
+def test_azure_token_claims_and_the_role_a_403_needs(tmp_path: Path, keyvault: KeyVaultDouble) -> None:
+    keyvault.set_secret("doctor-ok", json.dumps({"api_key": CANARY_DOCTOR}))
+    keyvault.set_secret("doctor-denied", CANARY_DOCTOR_KEY)
+    keyvault.deny("doctor-denied")
+    auth = {
+        "method": "client_secret",
+        "tenant_id": keyvault.tenant_id,
+        "client_id": keyvault.client_id,
+        "client_secret_env": "KV_SP_SECRET",
+        "authority_host": keyvault.url,
+        "disable_instance_discovery": True,
+    }
+    secrets = {
+        "ok": "kv://main/doctor-ok#api_key",
+        "wrong_key": "kv://main/doctor-ok#apikey",
+        "denied": "kv://main/doctor-denied",
+        "missing": "kv://main/doctor-missing",
+    }
+    r = doctor_run(tmp_path, azure_manifest(keyvault, auth, secrets), KV_SP_SECRET=keyvault.client_secret)
+    assert r.returncode == 3, r.stderr
+    out = r.stdout
+    assert keyvault.client_secret not in out + r.stderr
+    assert "TLS ok, HTTP" in cell(out, "endpoint Key Vault main")
+    assert "ok" in cell(out, "endpoint login")
+    login = cell(out, "login")
+    assert f"tenant: {keyvault.tenant_id}" in login and f"client id: {keyvault.client_id}" in login
+    assert f"object id: {OBJECT_IDS[keyvault.client_id]}" in login
+    assert "readable" in cell(out, "ok")
+    assert "no key 'apikey' (keys there: api_key)" in cell(out, "wrong_key")
+    denied = cell(out, "denied")
+    assert f"object id {OBJECT_IDS[keyvault.client_id]}) needs the Key Vault Secrets User role" in denied
+    assert "not-found" in cell(out, "missing")
+
+
+def test_azure_a_refused_client_secret_is_a_login_failure(tmp_path: Path, keyvault: KeyVaultDouble) -> None:
+    keyvault.set_secret("doctor-ok", "v")
+    auth = {
+        "method": "client_secret",
+        "tenant_id": keyvault.tenant_id,
+        "client_id": keyvault.client_id,
+        "client_secret_env": "KV_SP_SECRET",
+        "authority_host": keyvault.url,
+        "disable_instance_discovery": True,
+    }
+    manifest = azure_manifest(keyvault, auth, {"ok": "kv://main/doctor-ok"})
+    r = doctor_run(tmp_path, manifest, KV_SP_SECRET="not-the-secret-" + "y" * 12)
+    assert r.returncode == 3, r.stderr
+    login = cell(r.stdout, "login")
+    assert "FAILED" in login and "authentication failed" in login
+    assert "skipped" in cell(r.stdout, "ok")
