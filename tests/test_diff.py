@@ -171,3 +171,25 @@ def test_a_value_that_spans_lines_is_not_diffed_line_by_line() -> None:
     lines = diff._changed(b"k = a\nb\n", b"k = c\nd\ne\n", b"k = <secret:db>\n", inputs)
     assert lines == ["(the file differs: 2 -> 3 lines; not shown line by line)"]
     assert diff._changed(b"\xff\x00", b"x", b"x", inputs) == ["(binary file differs: content not shown)"]
+
+
+def test_diff_revokes_the_lease_a_dynamic_read_created(tmp_path: Path, vault: OpenBao) -> None:
+    from tests.test_scan import start_rabbitmq_mount
+
+    api = start_rabbitmq_mount(vault, "rmq-diff")
+    try:
+        write(
+            tmp_path / "initfetch.yaml",
+            "version: 1\nsecrets:\n  user: vault://rmq-diff/creds/app#username\n"
+            "files:\n  - {secret: user, dest: user}\n",
+        )
+        out = tmp_path / "out"
+        r = run_cli(["diff", "-o", str(out), "--exit-code"], env=env_for(vault, tmp_path), cwd=tmp_path)
+        assert r.returncode == 1, r.stderr
+        assert "added    user" in r.stdout.splitlines()
+        created = [p for m, p, _ in api.requests if m == "PUT" and p.startswith("/api/users/")]
+        deleted = [p for m, p, _ in api.requests if m == "DELETE" and p.startswith("/api/users/")]
+        assert len(created) == 1 and deleted == created
+        assert not out.exists()  # nothing written
+    finally:
+        api.stop()

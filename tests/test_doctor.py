@@ -261,3 +261,44 @@ def test_azure_a_refused_client_secret_is_a_login_failure(tmp_path: Path, keyvau
     login = cell(r.stdout, "login")
     assert "FAILED" in login and "authentication failed" in login
     assert "skipped" in cell(r.stdout, "ok")
+
+
+# --- leases, tokens without lookup-self, log format ----------------------------------------------
+
+from tests.test_scan import start_rabbitmq_mount  # noqa: E402
+
+
+def test_doctor_revokes_the_lease_a_dynamic_read_created(tmp_path: Path, vault: OpenBao) -> None:
+    api = start_rabbitmq_mount(vault, "rmq-doctor")
+    try:
+        manifest = "version: 1\nsecrets:\n  user: vault://rmq-doctor/creds/app#username\n"
+        r = doctor_run(tmp_path, manifest, VAULT_ADDR=vault.url, VAULT_TOKEN=vault.root_token)
+        assert r.returncode == 0, r.stderr
+        assert "readable" in cell(r.stdout, "user")
+        created = [p for m, p, _ in api.requests if m == "PUT" and p.startswith("/api/users/")]
+        deleted = [p for m, p, _ in api.requests if m == "DELETE" and p.startswith("/api/users/")]
+        assert len(created) == 1 and deleted == created  # revoked: the user is gone
+    finally:
+        api.stop()
+
+
+def test_a_token_without_lookup_self_is_valid_not_expired(tmp_path: Path, vault: OpenBao) -> None:
+    auth = vault.client().auth.token.create(policies=["doctor-app"], no_default_policy=True, ttl="1h")["auth"]
+    manifest = "version: 1\nsecrets:\n  ok: vault://secret/doctor/ok#password\n"
+    r = doctor_run(tmp_path, manifest, VAULT_ADDR=vault.url, VAULT_TOKEN=auth["client_token"])
+    assert r.returncode == 0, r.stderr
+    assert "valid; its policies do not allow auth/token/lookup-self" in cell(r.stdout, "login")
+    assert "readable" in cell(r.stdout, "ok")
+
+
+def test_the_table_is_the_same_with_json_logs(tmp_path: Path, vault: OpenBao) -> None:
+    token = app_token(vault)
+    text = doctor_run(tmp_path, VAULT_MANIFEST, VAULT_ADDR=vault.url, VAULT_TOKEN=token)
+    logs = doctor_run(
+        tmp_path, VAULT_MANIFEST, VAULT_ADDR=vault.url, VAULT_TOKEN=token, INITFETCH_LOG_FORMAT="json"
+    )
+    assert logs.returncode == text.returncode == 3
+    # the login row holds the token's expiry time, which moves between two runs
+    strip = [line for line in text.stdout.splitlines() if " login " not in line]
+    assert [line for line in logs.stdout.splitlines() if " login " not in line] == strip
+    assert json.loads(logs.stderr.strip().splitlines()[-1])["level"] in ("error", "ERROR")
