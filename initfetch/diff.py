@@ -127,9 +127,12 @@ def _names(marker: Mapping[str, Any] | None, key: str) -> set[str]:
 def _versions(marker: Mapping[str, Any] | None, info: Mapping[str, Resolved]) -> Iterator[str]:
     """One line per secret whose version (or reference) differs from what the marker recorded."""
     old = marker.get("secrets") if marker is not None else None
-    if not isinstance(old, dict):
-        return
     for name, r in info.items():
+        if r.lease is not None:  # the marker keeps no lease id: a read is a new credential anyway
+            yield f"{name}: dynamic (lease {r.lease.id}): each read is a new credential, so it always differs"
+            continue
+        if not isinstance(old, dict):
+            continue
         before = old.get(name)
         if not isinstance(before, dict):
             yield f"{name}: new secret (version {_v(r.version)})"
@@ -138,7 +141,7 @@ def _versions(marker: Mapping[str, Any] | None, info: Mapping[str, Resolved]) ->
             yield f"{name}: reference changed ({_v(before.get('version'))} -> {_v(r.version)})"
         elif before.get("version") != r.version:
             yield f"{name}: version {_v(before.get('version'))} -> {_v(r.version)}"
-    for name in sorted(set(old) - set(info)):
+    for name in sorted(set(old) - set(info)) if isinstance(old, dict) else ():
         yield f"{name}: no longer in the manifest"
 
 

@@ -187,6 +187,7 @@ def test_diff_revokes_the_lease_a_dynamic_read_created(tmp_path: Path, vault: Op
         r = run_cli(["diff", "-o", str(out), "--exit-code"], env=env_for(vault, tmp_path), cwd=tmp_path)
         assert r.returncode == 1, r.stderr
         assert "added    user" in r.stdout.splitlines()
+        assert "user: dynamic (lease rmq-diff/creds/app/" in r.stdout
         created = [p for m, p, _ in api.requests if m == "PUT" and p.startswith("/api/users/")]
         deleted = [p for m, p, _ in api.requests if m == "DELETE" and p.startswith("/api/users/")]
         assert len(created) == 1 and deleted == created
