@@ -56,24 +56,38 @@ class Table:
         return ResolveFailed(problems, failures=self.failures).exit_code
 
 
+@dataclass(frozen=True)
+class _Checking:
+    """One provider instance being checked: where its rows go and its deadline."""
+
+    table: Table
+    label: str  # "vault (vault)": the instance and its type
+    inst: Provider
+    ctx: FetchContext
+    redactor: Redactor
+
+    def add(self, check: str, result: str, detail: str) -> None:
+        self.table.add(self.label, check, result, detail)
+
+
 def run(pipeline: Pipeline) -> Table:
     table = Table()
-    deadline = pipeline.settings.deadline
+    manifest = pipeline.manifest
     for name, docs in _documents(pipeline).items():
-        ctx = FetchContext(deadline, max_size=pipeline.manifest.limits.secret_size)
-        inst = pipeline.resolver.instance(name)
-        label = f"{name} ({pipeline.manifest.providers[name].type})"
-        for ep in inst.endpoints(list(docs)):
+        ctx = FetchContext(pipeline.settings.deadline, max_size=manifest.limits.secret_size)
+        label = f"{name} ({manifest.providers[name].type})"
+        c = _Checking(table, label, pipeline.resolver.instance(name), ctx, pipeline.redactor)
+        for ep in c.inst.endpoints(list(docs)):
             ok, detail = reach(ep, max(0.5, min(10.0, ctx.remaining())))
-            table.add(label, f"endpoint {ep.what}", "ok" if ok else "FAILED", detail)
-        login = _login(table, label, inst, list(docs), ctx)
+            c.add(f"endpoint {ep.what}", "ok" if ok else "FAILED", detail)
+        login = _login(c, list(docs))
         for doc, specs in docs.items():
-            if login is not None:
-                for spec in specs:
-                    table.add(label, spec.name, "skipped", f"{spec.ref}: the login failed (above)")
-                    table.fail(spec, login.kind, str(login))
+            if login is None:
+                _read(c, doc, specs)
                 continue
-            _read(pipeline, table, label, inst, (doc, specs), ctx)
+            for spec in specs:
+                c.add(spec.name, "skipped", f"{spec.ref}: the login failed (above)")
+                table.fail(spec, login.kind, str(login))
     return table
 
 
@@ -86,49 +100,28 @@ def _documents(pipeline: Pipeline) -> dict[str, dict[DocKey, list[SecretSpec]]]:
     return out
 
 
-def _login(
-    table: Table, label: str, inst: Provider, docs: list[DocKey], ctx: FetchContext
-) -> SecretError | None:
-    """The login row (and identity rows); the login's error when it failed."""
+def _login(c: _Checking, docs: list[DocKey]) -> SecretError | None:
+    """The login row, with who it is; the login's error when it failed."""
     try:
-        who = inst.identity(docs, ctx)
+        who = c.inst.identity(docs, c.ctx)
     except SecretError as e:
-        table.add(label, "login", "FAILED", inst.diagnose(None, e, ctx))
+        c.add("login", "FAILED", c.inst.diagnose(None, e, c.ctx))
         return e
     if who:
-        table.add(label, "login", "ok", "; ".join(f"{k}: {v}" for k, v in who))
+        c.add("login", "ok", "; ".join(f"{k}: {v}" for k, v in who))
     return None
 
 
-def _read(
-    pipeline: Pipeline,
-    table: Table,
-    label: str,
-    inst: Provider,
-    item: tuple[DocKey, list[SecretSpec]],
-    ctx: FetchContext,
-) -> None:
+def _read(c: _Checking, doc: DocKey, specs: list[SecretSpec]) -> None:
     """Read one document once; one row per secret that references it."""
-    doc, specs = item
     try:
-        document = inst.fetch(doc, ctx)
+        document = c.inst.fetch(doc, c.ctx)
     except SecretError as e:
-        sentence = inst.diagnose(doc, e, ctx)
-        for spec in specs:
-            if spec.optional and e.kind in OPTIONAL_KINDS:
-                table.add(
-                    label,
-                    spec.name,
-                    "absent",
-                    f"{spec.ref}: optional, {'default used' if spec.default is not None else 'left out'}",
-                )
-            else:
-                table.add(label, spec.name, e.kind, f"{spec.ref}: {sentence}")
-                table.fail(spec, e.kind, sentence)
+        _unread(c, doc, specs, e)
         return
     if document.lease is not None:  # a dynamic secret: doctor must not leave it valid
         try:
-            inst.revoke(document.lease.id, ctx)
+            c.inst.revoke(document.lease.id, c.ctx)
         except SecretError as e:
             log.warning("could not revoke lease %s (%s); it ends at its TTL", document.lease.id, e.kind)
     version = f" (version {document.version})" if document.version else ""
@@ -140,13 +133,25 @@ def _read(
             )
         except SecretError as e:
             if spec.optional and e.kind in OPTIONAL_KINDS:
-                table.add(label, spec.name, "absent", f"{spec.ref}: optional; {e}")
-                continue
-            table.add(label, spec.name, e.kind, f"{spec.ref}: the document is readable{version}, but {e}")
-            table.fail(spec, e.kind, str(e))
+                c.add(spec.name, "absent", f"{spec.ref}: optional; {e}")
+            else:
+                c.add(spec.name, e.kind, f"{spec.ref}: the document is readable{version}, but {e}")
+                c.table.fail(spec, e.kind, str(e))
             continue
-        pipeline.redactor.add(value, spec.name)
-        table.add(label, spec.name, "ok", f"{spec.ref}: readable{version}")
+        c.redactor.add(value, spec.name)  # never printed; masked should any message quote it
+        c.add(spec.name, "ok", f"{spec.ref}: readable{version}")
+
+
+def _unread(c: _Checking, doc: DocKey, specs: list[SecretSpec], e: SecretError) -> None:
+    """The rows of a document that could not be read: the sentence to act on, once."""
+    sentence = c.inst.diagnose(doc, e, c.ctx)
+    for spec in specs:
+        if spec.optional and e.kind in OPTIONAL_KINDS:
+            used = "default used" if spec.default is not None else "left out"
+            c.add(spec.name, "absent", f"{spec.ref}: optional, {used}")
+        else:
+            c.add(spec.name, e.kind, f"{spec.ref}: {sentence}")
+            c.table.fail(spec, e.kind, sentence)
 
 
 # --- reachability ----------------------------------------------------------------------------
