@@ -204,7 +204,7 @@ def _tls(ep: Endpoint, host: str) -> ssl.SSLContext:
 
 def _ca_hint(ep: Endpoint, e: BaseException) -> str:
     if isinstance(e, ssl.SSLCertVerificationError):
-        return ": the server's certificate is not trusted here; give the provider its CA (ca_file)"
+        return f": the server's certificate is not trusted here; give initfetch its CA ({ep.ca_setting})"
     return ""
 
 

@@ -302,3 +302,22 @@ def test_the_table_is_the_same_with_json_logs(tmp_path: Path, vault: OpenBao) ->
     strip = [line for line in text.stdout.splitlines() if " login " not in line]
     assert [line for line in logs.stdout.splitlines() if " login " not in line] == strip
     assert json.loads(logs.stderr.strip().splitlines()[-1])["level"] in ("error", "ERROR")
+
+
+def test_vault_tls_endpoint_trusted_with_its_ca_and_said_untrusted_without(tmp_path: Path) -> None:
+    server = openbao_backend.start_openbao(tmp_path / "bao", tls=True)
+    try:
+        server.client().secrets.kv.v2.create_or_update_secret("doctor/ok", {"password": CANARY_DOCTOR})
+        manifest = "version: 1\nsecrets:\n  ok: vault://secret/doctor/ok#password\n"
+        env = {"VAULT_ADDR": server.url, "VAULT_TOKEN": server.root_token}
+        assert server.ca_file is not None
+        r = doctor_run(tmp_path, manifest, VAULT_CACERT=server.ca_file, **env)
+        assert r.returncode == 0, r.stderr
+        assert "TCP ok, TLS ok, HTTP 200" in cell(r.stdout, "endpoint Vault")
+        r = doctor_run(tmp_path, manifest, **env)
+        assert r.returncode == 3, r.stderr  # as render: a TLS trust problem is not retried
+        endpoint = cell(r.stdout, "endpoint Vault")
+        assert "FAILED" in endpoint and "TLS failed" in endpoint
+        assert "not trusted here; give initfetch its CA (ca_file or VAULT_CACERT)" in endpoint
+    finally:
+        server.stop()

@@ -80,6 +80,7 @@ class Endpoint:
     ca_file: str | None = None  # a private CA (None: the system's)
     verify: bool = True  # TLS verification (off only where the manifest turned it off)
     path: str = "/"  # what to GET for an HTTP status: a health endpoint where there is one
+    ca_setting: str = "ca_file"  # how the user gives this instance a private CA, for the hint
 
 
 Identity = list[tuple[str, str]]  # who an instance is logged in as: (what, value), never a credential

@@ -41,12 +41,13 @@ def endpoints(provider: AwsProvider) -> list[Endpoint]:
         region = aws.region
     except SecretError:
         return []  # no region: the login row says what to set
-    ca = provider.environ.get("AWS_CA_BUNDLE") or None
+    env = provider.environ
+    ca = env.get("AWS_CA_BUNDLE") or env.get("REQUESTS_CA_BUNDLE") or None  # as botocore verifies
     out: list[Endpoint] = []
     for service, what in ((provider.service, provider.service_label), ("sts", "STS")):
         url = aws.endpoint_url(service) or f"https://{service}.{region}.amazonaws.com"
         if all(e.url != url for e in out):
-            out.append(Endpoint(url, what, ca))
+            out.append(Endpoint(url, what, ca, ca_setting="AWS_CA_BUNDLE"))
     return out
 
 

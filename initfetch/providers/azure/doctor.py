@@ -30,7 +30,8 @@ _PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
 def endpoints(provider: KeyVaultProvider, docs: Sequence[DocKey]) -> list[Endpoint]:
-    ca = provider.options.get("ca_file")
+    env = provider.environ
+    ca = provider.options.get("ca_file") or env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE")
     out: list[Endpoint] = []
     for vault in dict.fromkeys(d.path.split("/")[0] for d in docs):
         url = provider.vault_url(vault)

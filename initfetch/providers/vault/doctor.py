@@ -23,10 +23,12 @@ if TYPE_CHECKING:
 
 
 def endpoints(provider: VaultProvider) -> list[Endpoint]:
-    conn = provider.client.conn
-    ca = conn.ca_file or conn.ca_path
+    conn, env = provider.client.conn, provider.environ
+    # as requests verifies: the CA given, else its own variables, else certifi
+    ca = conn.ca_file or conn.ca_path or env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE")
     # sys/health answers without a token: 200 active, 429 standby, 503 sealed, 501 not initialized
-    return [Endpoint(conn.address, "Vault", ca, not conn.skip_verify, "/v1/sys/health?standbyok=true")]
+    health = "/v1/sys/health?standbyok=true"
+    return [Endpoint(conn.address, "Vault", ca, not conn.skip_verify, health, "ca_file or VAULT_CACERT")]
 
 
 def identity(provider: VaultProvider, ctx: FetchContext) -> Identity:
