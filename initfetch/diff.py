@@ -73,11 +73,18 @@ def read_marker(out_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+class Unreadable(Exception):
+    """A file OUT_DIR holds that this user may not read (the render ran as another user)."""
+
+
 def read_current(out_dir: Path, name: str) -> bytes | None:
     """What OUT_DIR holds under `name` now: a regular file's bytes, else None. Never follows a
-    symlink (the writer never makes one; a file that is one is not a render's)."""
+    symlink (the writer never makes one; a file that is one is not a render's). Raises
+    Unreadable for a file that is there but may not be read."""
     try:
         fd = os.open(out_dir / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except PermissionError:
+        raise Unreadable(name) from None
     except (OSError, ValueError):
         return None
     try:
@@ -101,7 +108,11 @@ def compare(out_dir: Path, new: Inputs) -> Report:
     report = Report(marker=marker is not None)
     old_files = _names(marker, "files")
     for dest, data in new.real.files.items():
-        current = read_current(out_dir, dest)
+        try:
+            current = read_current(out_dir, dest)
+        except Unreadable:
+            report.files[dest] = "unreadable"  # counted as a difference: it cannot be compared
+            continue
         if current is None:
             report.files[dest] = "added"
             report.hunks[dest] = _added(new.masked.files.get(dest, b""))
@@ -109,7 +120,7 @@ def compare(out_dir: Path, new: Inputs) -> Report:
             report.files[dest] = "changed"
             report.hunks[dest] = _changed(current, data, new.masked.files.get(dest, b""), new)
     for dest in sorted(old_files - set(new.real.files)):
-        if read_current(out_dir, dest) is not None:
+        if os.path.lexists(out_dir / dest):
             report.files[dest] = "removed"
     report.versions = list(_versions(marker, new.info))
     old_env = _names(marker, "env")
@@ -274,6 +285,8 @@ def show(out: TextIO, report: Report, out_dir: Path) -> None:
     if report.files:
         out.write("--- files\n")
         out.writelines(f"{what:<8} {dest}\n" for dest, what in report.files.items())
+        if "unreadable" in report.files.values():
+            out.write("(unreadable: this user may not read it; run diff as the user the render writes as)\n")
     if report.env:
         out.write("--- env\n")
         out.writelines(line + "\n" for line in report.env)

@@ -194,3 +194,23 @@ def test_diff_revokes_the_lease_a_dynamic_read_created(tmp_path: Path, vault: Op
         assert not out.exists()  # nothing written
     finally:
         api.stop()
+
+
+def test_a_file_this_user_cannot_read_is_said_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The suite runs as root here, which reads every file: the refusal is the kernel's EACCES.
+    write(tmp_path / "config.ini", "x\n")
+    real_open = diff.os.open
+
+    def refuse(path: object, flags: int, *args: object) -> int:
+        if str(path).endswith("config.ini"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(diff.os, "open", refuse)
+    new = diff.Inputs(
+        diff.Rendered({"config.ini": b"y\n"}, {}), diff.Rendered({"config.ini": b"y\n"}, {}), {}, keep()
+    )
+    report = diff.compare(tmp_path, new)
+    assert report.files == {"config.ini": "unreadable"} and report.differs
