@@ -321,3 +321,16 @@ def test_vault_tls_endpoint_trusted_with_its_ca_and_said_untrusted_without(tmp_p
         assert "not trusted here; give initfetch its CA (ca_file or VAULT_CACERT)" in endpoint
     finally:
         server.stop()
+
+
+def test_azure_managed_identity_login_endpoint_and_claims(tmp_path: Path, keyvault: KeyVaultDouble) -> None:
+    from tests.backends.keyvault_double import MI_CLIENT_ID
+
+    keyvault.set_secret("doctor-mi", CANARY_DOCTOR)
+    manifest = azure_manifest(keyvault, {"method": "managed_identity"}, {"mi": "kv://main/doctor-mi"})
+    r = doctor_run(tmp_path, manifest, **keyvault.env)
+    assert r.returncode == 0, r.stderr
+    assert keyvault.msi_endpoint in cell(r.stdout, "endpoint login")
+    login = cell(r.stdout, "login")
+    assert f"client id: {MI_CLIENT_ID}" in login and f"object id: {OBJECT_IDS[MI_CLIENT_ID]}" in login
+    assert "readable" in cell(r.stdout, "mi")
