@@ -31,6 +31,7 @@ secrets:
   denied: vault://secret/doctor/denied#b
   missing: vault://secret/doctor/missing#c
   maybe: {ref: "vault://secret/doctor/missing#c", optional: true}
+  elsewhere: vault://doctor-kv/app#k
 """
 
 
@@ -39,6 +40,9 @@ def vault(openbao: OpenBao) -> OpenBao:
     c = openbao.client()
     c.secrets.kv.v2.create_or_update_secret("doctor/ok", {"password": CANARY_DOCTOR, "user": "app"})
     c.secrets.kv.v2.create_or_update_secret("doctor/denied", {"b": CANARY_DOCTOR_KEY})
+    if "doctor-kv/" not in c.sys.list_mounted_secrets_engines()["data"]:
+        c.sys.enable_secrets_engine("kv", path="doctor-kv", options={"version": "2"})
+    c.secrets.kv.v2.create_or_update_secret("app", {"k": CANARY_DOCTOR_KEY}, mount_point="doctor-kv")
     c.sys.create_or_update_policy(
         "doctor-app",
         'path "secret/data/doctor/ok" { capabilities = ["read"] }\n'
@@ -86,7 +90,10 @@ def test_vault_identity_policies_and_one_sentence_per_document(tmp_path: Path, v
     assert "(it grants: deny)" in denied
     assert "not-found" in cell(out, "missing")
     assert "absent" in cell(out, "maybe")
-    assert "3 check(s) failed" in r.stderr
+    elsewhere = cell(out, "elsewhere")
+    assert "has no access to the doctor-kv/ mount at all" in elsewhere
+    assert 'on a KV v2 mount the path is "doctor-kv/data/app"' in elsewhere
+    assert "4 check(s) failed" in r.stderr
 
 
 def test_vault_expired_token_is_named_not_denied(tmp_path: Path, vault: OpenBao) -> None:

@@ -72,19 +72,25 @@ def diagnose(provider: VaultProvider, doc: DocKey | None, error: SecretError, ct
             return f"{error}: check the path (and ?version) against what Vault holds"
         return str(error)
     try:
-        api, caps = provider.client.run(ctx, lambda hvac: _capabilities(provider, hvac, doc.path))
+        api, caps, known = provider.client.run(ctx, lambda hvac: _capabilities(provider, hvac, doc.path))
     except SecretError:
         return f"{error}: sys/capabilities-self could not say which capability is missing"
     policies = ", ".join(provider.policies) if provider.policies else "its policies"
     granted = ", ".join(caps) if caps else "nothing"
-    return (
-        f"the token ({policies}) may not read {api} (it grants: {granted}): add "
-        f'path "{api}" {{ capabilities = ["read"] }} to one of its policies'
-    )
+    stanza = f'path "{api}" {{ capabilities = ["read"] }}'
+    if not known:  # the mount could not be looked up: the token has no access anywhere in it
+        mount, _, rest = api.partition("/")
+        return (
+            f"the token ({policies}) has no access to the {mount}/ mount at all: add {stanza} to one "
+            f'of its policies (on a KV v2 mount the path is "{mount}/data/{rest}")'
+        )
+    granted = f"it grants: {granted}"
+    return f"the token ({policies}) may not read {api} ({granted}): add {stanza} to one of its policies"
 
 
-def _capabilities(provider: VaultProvider, hvac: Any, path: str) -> tuple[str, list[str]]:
-    """The API path a read of `path` uses, and what the token's policies grant on it."""
+def _capabilities(provider: VaultProvider, hvac: Any, path: str) -> tuple[str, list[str], bool]:
+    """The API path a read of `path` uses, what the token's policies grant on it, and whether
+    the mount (so the API path) is known."""
     mount = provider.mounts.for_path(hvac, path)
     api = path
     if mount is not None and mount.type == "kv" and mount.kv_version == 2:
@@ -93,4 +99,4 @@ def _capabilities(provider: VaultProvider, hvac: Any, path: str) -> tuple[str, l
         response = hvac.adapter.post("/v1/sys/capabilities-self", json={"paths": [api]})
     data = response.get("data", response) if isinstance(response, dict) else {}
     caps = data.get(api, data.get("capabilities")) if isinstance(data, dict) else None
-    return api, [str(c) for c in caps] if isinstance(caps, list) else []
+    return api, [str(c) for c in caps] if isinstance(caps, list) else [], mount is not None
