@@ -37,7 +37,9 @@ from initfetch.templating.render import Rendered
 CONTEXT = 3  # lines of context around each change, as `diff -u`
 MAX_OLD_FILE = 64 * 1024 * 1024  # an OUT_DIR file larger than this differs, and is never read
 MAX_MATCHED_LINE = 4096  # a longer old line is not matched against a masked one: only noted
-MAX_PLACEHOLDERS = 8  # a masked line with more is not matched either (the regex would backtrack)
+MAX_DIFF_LINES = 20_000  # a longer file is reported as differing, not diffed (difflib is quadratic)
+MAX_PLACEHOLDERS = 8
+MAX_CANDIDATES = 64  # new lines an old one is matched against, beyond the one it pairs with  # a masked line with more is not matched either (the regex would backtrack)
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,11 @@ def _changed(old: bytes, real: bytes, masked: bytes, new: Inputs) -> list[str]:
         # A value spans lines (or the template needs the real values to render): masked lines
         # do not correspond to real ones, so no line can be shown as it stands.
         return [f"(the file differs: {len(old_lines)} -> {len(real_lines)} lines; not shown line by line)"]
+    if max(len(old_lines), len(real_lines)) > MAX_DIFF_LINES:
+        return [
+            f"(the file differs: {len(old_lines)} -> {len(real_lines)} lines; too long to diff line by line)"
+        ]
+    public = frozenset(shown)
     out: list[str] = []
     matcher = difflib.SequenceMatcher(None, old_lines, real_lines, autojunk=False)
     for group in matcher.get_grouped_opcodes(CONTEXT):
@@ -195,7 +202,7 @@ def _changed(old: bytes, real: bytes, masked: bytes, new: Inputs) -> list[str]:
             if tag == "equal":
                 out += [" " + line for line in shown[b1:b2]]
                 continue
-            out += _old_side(old_lines, (a1, a2), shown[b1:b2], frozenset(shown), new.placeholders)
+            out += _old_side(old_lines, (a1, a2), shown[b1:b2], public, new.placeholders)
             out += ["+" + line for line in shown[b1:b2]]
     return out
 
@@ -244,7 +251,8 @@ def _as_shown(
     if len(old) > MAX_MATCHED_LINE:  # bounded matching
         return None
     order = [paired] if paired < len(shown) else []
-    order += [k for k in range(len(shown)) if k != paired]
+    if len(shown) <= MAX_CANDIDATES:  # else the line it pairs with only: bounded work per line
+        order += [k for k in range(len(shown)) if k != paired]
     for k in order:
         pattern = patterns[k]
         if pattern is not None and pattern.fullmatch(old):

@@ -171,6 +171,10 @@ def test_a_value_that_spans_lines_is_not_diffed_line_by_line() -> None:
     lines = diff._changed(b"k = a\nb\n", b"k = c\nd\ne\n", b"k = <secret:db>\n", inputs)
     assert lines == ["(the file differs: 2 -> 3 lines; not shown line by line)"]
     assert diff._changed(b"\xff\x00", b"x", b"x", inputs) == ["(binary file differs: content not shown)"]
+    long = b"".join(b"line %d\n" % i for i in range(diff.MAX_DIFF_LINES + 1))
+    assert diff._changed(long, long + b"x\n", long + b"x\n", inputs) == [
+        "(the file differs: 20001 -> 20002 lines; too long to diff line by line)"
+    ]
 
 
 def test_diff_revokes_the_lease_a_dynamic_read_created(tmp_path: Path, vault: OpenBao) -> None:
