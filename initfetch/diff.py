@@ -38,8 +38,8 @@ CONTEXT = 3  # lines of context around each change, as `diff -u`
 MAX_OLD_FILE = 64 * 1024 * 1024  # an OUT_DIR file larger than this differs, and is never read
 MAX_MATCHED_LINE = 4096  # a longer old line is not matched against a masked one: only noted
 MAX_DIFF_LINES = 20_000  # a longer file is reported as differing, not diffed (difflib is quadratic)
-MAX_PLACEHOLDERS = 8
-MAX_CANDIDATES = 64  # new lines an old one is matched against, beyond the one it pairs with  # a masked line with more is not matched either (the regex would backtrack)
+MAX_PLACEHOLDERS = 8  # a masked line with more is not matched either (the regex would backtrack)
+MAX_CANDIDATES = 64  # new lines an old one is matched against, beyond the one it pairs with
 
 
 @dataclass(frozen=True)
