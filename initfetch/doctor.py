@@ -171,7 +171,10 @@ def reach(ep: Endpoint, timeout: float) -> tuple[bool, str]:
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as e:
-        return False, f"{ep.url}: {', '.join(seen)}; TCP to port {port} failed ({_reason(e)})"
+        return (
+            False,
+            f"{ep.url}: {', '.join(seen)}; TCP to port {port} failed ({_reason(e)}){_proxied(https)}",
+        )
     seen.append("TCP ok")
     with sock:
         if https:
@@ -183,6 +186,13 @@ def reach(ep: Endpoint, timeout: float) -> tuple[bool, str]:
         status = _status(sock, host, ep.path, timeout)
     seen.append(status)
     return not status.startswith("no HTTP"), f"{ep.url}: {', '.join(seen)}"
+
+
+def _proxied(https: bool) -> str:
+    """A note when the client libraries would go through a proxy: this check connects directly."""
+    names = ("HTTPS_PROXY", "https_proxy") if https else ("HTTP_PROXY", "http_proxy")
+    proxy = next((n for n in names if os.environ.get(n)), None)
+    return f"; checked directly, but {proxy} is set: the clients go through that proxy" if proxy else ""
 
 
 def _tls(ep: Endpoint, host: str) -> ssl.SSLContext:
@@ -244,8 +254,12 @@ def _lines(rows: Sequence[tuple[str, ...]], widths: Sequence[int]) -> Iterator[s
         yield "  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
 
 
+def failed(table: Table) -> int:
+    """Rows that did not pass (an endpoint check can fail while every read works: a proxy)."""
+    return sum(1 for r in table.rows if r[2] not in ("ok", "absent"))
+
+
 def summary(table: Table) -> str:
-    failed = sum(1 for r in table.rows if r[2] not in ("ok", "absent"))
-    if not failed:
+    if not failed(table):
         return f"doctor: every check passed ({len(table.rows)} rows)"
-    return f"doctor: {failed} check(s) failed: see the table"
+    return f"doctor: {failed(table)} check(s) failed: see the table"
