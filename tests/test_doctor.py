@@ -174,7 +174,7 @@ secrets:
   missing: awssm://doctor/missing-{uid}
   param: ssm:///doctor/{uid}/p
 """
-    keys = iam_user_keys(moto_url, ["secretsmanager:GetSecretValue", "sts:GetCallerIdentity"])
+    keys = iam_user_keys(moto_url, ["secretsmanager:GetSecretValue"])  # GetCallerIdentity needs none
     set_auth_enforced(moto_url, True)
     try:
         r = doctor_run(tmp_path, manifest, **aws_env(moto_url, tmp_path, keys))
