@@ -54,9 +54,9 @@ def _positive_int(text: str) -> int:
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-FETCHING = ("render", "exec", "preview", "scan")  # the commands that ask backends
+FETCHING = ("render", "exec", "preview", "scan", "diff", "doctor")  # the commands that ask backends
 WRITING = ("render", "exec")
-ALL = ("render", "exec", "preview", "check", "healthcheck", "scan", "schema", "init")
+ALL = ("render", "exec", "preview", "check", "healthcheck", "scan", "diff", "doctor", "schema", "init")
 
 SCAN_MIN_LENGTH = "8"  # initfetch.scan is not imported to build the parser: every command pays for that
 SCAN_MAX_FILE_SIZE = "100MiB"
@@ -170,7 +170,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         ("-m", "--manifest"),
         "manifest file",
-        ("render", "exec", "preview", "check", "scan"),
+        ("render", "exec", "preview", "check", "scan", "diff", "doctor"),
         # no default here: commands read INITFETCH_MANIFEST, as exec must tell "none given" apart
         shown="$INITFETCH_MANIFEST, else ./initfetch.yaml",
     ),
@@ -191,7 +191,13 @@ OPTIONS: tuple[Option, ...] = (
         str(DEFAULT_CONCURRENCY),
         kind=_positive_int,
     ),
-    Option(("-o", "--out"), "output directory", (*WRITING, "healthcheck"), "INITFETCH_OUT", "/run/secrets"),
+    Option(
+        ("-o", "--out"),
+        "output directory",
+        (*WRITING, "healthcheck", "diff"),
+        "INITFETCH_OUT",
+        "/run/secrets",
+    ),
     _switch("--allow-disk", "write even if the output directory is not on tmpfs/ramfs", WRITING),
     _switch(
         "--hold", "after writing, stay up until SIGTERM (sidecar; keeps a tmpfs volume mounted)", ("render",)
@@ -229,6 +235,13 @@ OPTIONS: tuple[Option, ...] = (
         "(render would fail here), instead of a warning",
         ("check",),
         "INITFETCH_STRICT",
+        switch=True,
+    ),
+    Option(
+        ("--exit-code",),
+        "exit 1 when a render would change anything (files, versions, env names), as git diff --exit-code",
+        ("diff",),
+        "INITFETCH_DIFF_EXIT_CODE",
         switch=True,
     ),
     Option(
@@ -300,6 +313,8 @@ SUMMARIES = {
     "check": "validate the manifest and templates offline, no backend contacted",
     "healthcheck": "exit 0 once a complete render is in place in the output directory",
     "scan": "report files under PATH that contain a secret value or an encoded form of one; exit 1 if any",
+    "diff": "show what a render would change in the output directory, values masked; writes nothing",
+    "doctor": "check each provider instance: endpoint reachable, login and identity, access to each document",
     "schema": "print the manifest's JSON Schema (draft 2020-12), for editors and CI",
     "init": "write a commented starter manifest and template; never overwrites",
 }
@@ -331,6 +346,12 @@ EXAMPLES = {
   initfetch scan .                               # exit 1 if a file holds a value of the manifest's secrets
   initfetch scan --exclude 'tests/fixtures/*' src deploy
   initfetch scan --from /run/secrets .           # the values of a render in OUT_DIR (no backend asked)""",
+    "diff": """examples:
+  initfetch diff -o /run/secrets                 # files added, changed, removed; versions old -> new
+  initfetch diff --exit-code -o staging-render   # CI: exit 1 when anything would change""",
+    "doctor": """examples:
+  initfetch doctor                               # one table: endpoint, login, identity, each document
+  initfetch doctor -m deploy/initfetch.yaml --timeout 20""",
     "schema": """examples:
   initfetch schema > initfetch.schema.json       # then in initfetch.yaml, for editors:
                                                  # yaml-language-server: $schema=./initfetch.schema.json""",

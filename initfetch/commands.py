@@ -288,6 +288,47 @@ def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Reda
     return 0
 
 
+def cmd_diff(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    """What a render would change in OUT_DIR (initfetch.diff): nothing written, leases revoked."""
+    from initfetch import diff, preview
+
+    manifest = load(_manifest_path(args, env), env, Mode.PREVIEW)
+    out_dir = Path(args.out)
+    with Pipeline(manifest, env, redactor, _settings(args, writes=False), Mode.PREVIEW) as pipeline:
+        result = _run(pipeline)
+        resolution = result.resolution
+        masked = preview.masked(manifest, resolution, result.rendered, redactor, pipeline.settings.deadline)
+        inputs = diff.Inputs(result.rendered, masked, resolution.info, preview.placeholders(manifest))
+        report = diff.compare(out_dir, inputs)
+    diff.show(sys.stdout, report, out_dir)
+    if report.differs:
+        log.info(
+            "a render would change %d file(s) in %s; %d secret(s) changed version",
+            len(report.files),
+            out_dir,
+            len(report.versions),
+        )
+    else:
+        log.info("no difference: %s holds what this render would write", out_dir)
+    return 1 if report.differs and args.exit_code else 0
+
+
+def cmd_doctor(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
+    """Reachability, login and identity, and access to each document, per provider instance."""
+    from initfetch import doctor
+
+    manifest = load(_manifest_path(args, env), env, Mode.PREVIEW)
+    with Pipeline(manifest, env, redactor, _settings(args, writes=False), Mode.PREVIEW) as pipeline:
+        table = doctor.run(pipeline)
+    doctor.show(sys.stdout, table, redactor)
+    code = table.exit_code
+    if code:
+        log.error("%s (exit %d)", doctor.summary(table), code)
+    else:  # every document readable; a failed row left is an endpoint check (a proxy in the way?)
+        (log.warning if doctor.failed(table) else log.info)("%s", doctor.summary(table))
+    return code
+
+
 def cmd_check(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
     manifest = load(_manifest_path(args, env), env, Mode.CHECK)
     # Everything an offline render can find, with placeholders (no value, no backend).
@@ -446,6 +487,8 @@ COMMANDS = {
     "exec": cmd_exec,
     "preview": cmd_preview,
     "check": cmd_check,
+    "diff": cmd_diff,
+    "doctor": cmd_doctor,
     "scan": cmd_scan,
     "schema": cmd_schema,
     "healthcheck": cmd_healthcheck,

@@ -61,7 +61,7 @@ def record_process_output(args: object, stdout: object, stderr: object) -> None:
     if not is_initfetch(args):
         return
     words = _words(args)
-    commands = ("render", "exec", "preview", "check", "healthcheck", "scan", "schema")
+    commands = ("render", "exec", "preview", "check", "healthcheck", "scan", "diff", "doctor", "schema")
     command = next((w for w in words if w in commands), "")
     label = " ".join(words[words.index(command) :][:6]) if command else " ".join(words[:4])
     reveal = command == "preview" and "--reveal" in words

@@ -71,6 +71,21 @@ class FetchContext:
         return max(0.05, min(cap, self.remaining()))
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """A URL an instance talks to, for `doctor`'s reachability check (DNS, TCP, TLS, HTTP)."""
+
+    url: str
+    what: str  # how the table names it: "Vault", "Secrets Manager", "Key Vault myvault"
+    ca_file: str | None = None  # a private CA (None: the system's)
+    verify: bool = True  # TLS verification (off only where the manifest turned it off)
+    path: str = "/"  # what to GET for an HTTP status: a health endpoint where there is one
+    ca_setting: str = "ca_file"  # how the user gives this instance a private CA, for the hint
+
+
+Identity = list[tuple[str, str]]  # who an instance is logged in as: (what, value), never a credential
+
+
 # Options every provider instance takes, besides its type's own (`type` and
 # `keep_credentials` are the manifest loader's): the ceiling of requests in flight.
 COMMON_OPTIONS: Mapping[str, type] = {"concurrency": int}
@@ -186,6 +201,22 @@ class Provider:
         server is up, TLS.
         None: nothing to add (a local file, an environment variable)."""
         return None
+
+    # --- doctor: where it connects, who it is, what a failure means ---
+
+    def endpoints(self, docs: Sequence[DocKey]) -> list[Endpoint]:
+        """The URLs this instance would talk to for `docs`; [] for a local source."""
+        return []
+
+    def identity(self, docs: Sequence[DocKey], ctx: FetchContext) -> Identity:
+        """Log in and say as whom, without a secret (a token's name and policies, an ARN, a
+        tenant and object id). Raises a SecretError when the login fails."""
+        return []
+
+    def diagnose(self, doc: DocKey | None, error: SecretError, ctx: FetchContext) -> str:
+        """One sentence the user can act on for `error` (reading `doc`, or logging in when None):
+        which policy, permission or setting is missing. May ask the backend (never for a value)."""
+        return str(error)
 
     def credential_env(self) -> set[str]:
         """Names of environment variables this instance used to log in.

@@ -43,6 +43,11 @@ from tests.backends.local_http import QuietHandler, serve
 TENANT_ID = "72f988bf-0000-4000-8000-00000000a11e"
 CLIENT_ID = "11111111-2222-4333-8444-555555555555"  # service principal (secret, cert, workload)
 MI_CLIENT_ID = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"  # a user-assigned managed identity
+# The service principals' object ids in the tenant (an access token's `oid` claim).
+OBJECT_IDS = {
+    CLIENT_ID: "0b1ec7ed-0000-4000-8000-00000000005a",
+    MI_CLIENT_ID: "0b1ec7ed-0000-4000-8000-0000000000a1",
+}
 API_VERSION_PARAM = "api-version"
 
 
@@ -70,6 +75,7 @@ class KeyVaultDouble:
         self.client_secret = "sp-secret-" + uuid.uuid4().hex
         self.identity_header = "idh-" + uuid.uuid4().hex
         self.federated_token = "fed-" + uuid.uuid4().hex
+        self._signing_key = uuid.uuid4().hex  # the tokens' (HS256: only this double checks them)
         self._lock = threading.Lock()
         self._secrets: dict[str, list[SecretVersion]] = {}
         self._denied: dict[str, str] = {}  # secret name -> innererror code
@@ -176,8 +182,24 @@ class KeyVaultDouble:
 
     # --- request handling (called from handler threads) ---
 
-    def issue_token(self, resource: str) -> str:
-        token = uuid.uuid4().hex
+    def issue_token(self, resource: str, app_id: str | None = None) -> str:
+        """An access token shaped as Entra ID issues them: a signed JWT whose claims name the
+        tenant (tid), the identity's object id (oid) and the application (appid)."""
+        import jwt
+
+        now = int(time.time())
+        claims = {
+            "aud": resource,
+            "iss": f"https://sts.windows.net/{self.tenant_id}/",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+            "tid": self.tenant_id,
+            "oid": OBJECT_IDS.get(app_id or self.client_id, OBJECT_IDS[CLIENT_ID]),
+            "appid": app_id or self.client_id,
+            "uti": uuid.uuid4().hex,
+        }
+        token = jwt.encode(claims, self._signing_key, algorithm="HS256")
         with self._lock:
             self._tokens[token] = resource
         return token
@@ -430,7 +452,7 @@ class _Handler(QuietHandler):
                     "invalid_resource", 500011, f"The resource principal named {scope} was not found."
                 ),
             )
-        token = d.issue_token(resources[0])
+        token = d.issue_token(resources[0], form.get("client_id"))
         return self.reply(
             200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token}
         )
@@ -483,7 +505,7 @@ class _Handler(QuietHandler):
                 },
             )
         resource = q.get("resource", "")
-        token = d.issue_token(resource)
+        token = d.issue_token(resource, q.get("client_id", d.mi_client_id))
         return self.reply(
             200,
             {

@@ -11,9 +11,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from initfetch.errors import SecretError
+from initfetch.providers.aws import doctor
 from initfetch.providers.aws import session as aws_session
 from initfetch.providers.aws.session import AwsSession, error_code
-from initfetch.providers.base import Document, FetchContext, OptionProblem, Provider
+from initfetch.providers.base import Document, Endpoint, FetchContext, Identity, OptionProblem, Provider
 from initfetch.reference import DocKey
 
 
@@ -29,6 +30,7 @@ class AwsProvider(Provider):
     def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         super().__init__(name, options, environ)
         self.aws = AwsSession(name, self.options, environ, pool_size=self.concurrency)
+        self.caller: tuple[str, str] = ("", "")  # (account, ARN), once `identity` asked STS (doctor)
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> Iterable[OptionProblem]:
@@ -74,6 +76,21 @@ class AwsProvider(Provider):
 
     def unreachable_hint(self) -> str | None:
         return self.aws.what_to_check(self.service)
+
+    # --- doctor ---
+
+    def iam_needs(self, doc: DocKey, region: str, account: str) -> tuple[str, str]:
+        """The IAM action(s) a read of `doc` needs, and the resource ARN they must allow."""
+        raise NotImplementedError
+
+    def endpoints(self, docs: Sequence[DocKey]) -> list[Endpoint]:
+        return doctor.endpoints(self)
+
+    def identity(self, docs: Sequence[DocKey], ctx: FetchContext) -> Identity:
+        return doctor.identity(self, ctx)
+
+    def diagnose(self, doc: DocKey | None, error: SecretError, ctx: FetchContext) -> str:
+        return doctor.diagnose(self, doc, error, ctx)
 
     def credential_env(self) -> set[str]:
         return self.aws.credential_env()

@@ -134,6 +134,13 @@ class SecretsManagerProvider(AwsProvider):
                 out[doc] = self._fetch_quietly(doc, ctx)
         return out
 
+    def iam_needs(self, doc: DocKey, region: str, account: str) -> tuple[str, str]:
+        if doc.path.startswith("arn:"):
+            return "secretsmanager:GetSecretValue", doc.path
+        # AWS appends six random characters to a secret's name in its ARN
+        arn = f"arn:aws:secretsmanager:{arn_region(doc.path) or region}:{account}:secret:{doc.path}-??????"
+        return "secretsmanager:GetSecretValue", arn
+
     # --- errors -----------------------------------------------------------------
 
     def _single_error(self, exc: Exception, doc: DocKey, ctx: FetchContext) -> SecretError:

@@ -358,6 +358,11 @@ class AwsSession:
                 self._clients[key] = client
             return client
 
+    @property
+    def credential_method(self) -> str | None:
+        """How boto3 found the credentials (env, shared-credentials-file, assume-role, iam-role...)."""
+        return self._credential_method
+
     def credential_env(self) -> set[str]:
         """The environment variables boto3 logged in with (empty until a client was built)."""
         method = self._credential_method

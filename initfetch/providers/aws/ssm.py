@@ -168,6 +168,15 @@ class ParameterStoreProvider(AwsProvider):
                 out[doc] = self._fetch_quietly(doc, ctx)
         return out
 
+    def iam_needs(self, doc: DocKey, region: str, account: str) -> tuple[str, str]:
+        if doc.path.startswith("arn:"):
+            return "ssm:GetParameter and ssm:GetParameters", doc.path
+        name = doc.path.strip("/") if _is_prefix(doc) else doc.path.lstrip("/")
+        arn = f"arn:aws:ssm:{region}:{account}:parameter/{name}"
+        if _is_prefix(doc):
+            return "ssm:GetParametersByPath", f"{arn} (and {arn}/* for the parameters below it)"
+        return "ssm:GetParameter and ssm:GetParameters", arn
+
     # --- errors -----------------------------------------------------------------
 
     def _error(self, exc: Exception, doc: DocKey) -> SecretError:

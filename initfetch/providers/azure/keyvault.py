@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from initfetch.errors import AccessDenied, NotFound, SecretError, Unavailable, retry_after_seconds
 from initfetch.providers.azure import credentials as creds
-from initfetch.providers.base import Document, FetchContext, OptionProblem, Provider
+from initfetch.providers.azure import doctor
+from initfetch.providers.base import Document, Endpoint, FetchContext, Identity, OptionProblem, Provider
 from initfetch.reference import DocKey, Reference
 
 DEFAULT_SUFFIX = "vault.azure.net"
@@ -86,6 +87,7 @@ class KeyVaultProvider(Provider):
         self._credential: Any = None
         self._clients: dict[str, Any] = {}
         self._priming: dict[str, threading.Event] = {}  # vault URL -> set once its first read is done
+        self.who = ""  # the login's object id, once `identity` decoded it (doctor)
 
     # --- offline checks ---
 
@@ -158,6 +160,27 @@ class KeyVaultProvider(Provider):
             self._priming[url] = threading.Event()
             return client, None, True
 
+    def credential(self) -> Any:
+        """The instance's credential (made on first use), shared by every vault client."""
+        with self._lock:
+            if self._credential is None:
+                self._credential = SingleFlightCredential(
+                    creds.build_credential(self._auth, self.environ, self._transport())
+                )
+            return self._credential
+
+    @property
+    def auth(self) -> Mapping[str, Any]:
+        return self._auth
+
+    @property
+    def login_method(self) -> str:
+        return self._plan.method
+
+    @property
+    def login_description(self) -> str:
+        return self._plan.description
+
     def _primed(self, url: str) -> None:
         with self._lock:
             event = self._priming.pop(url, None)
@@ -195,7 +218,7 @@ class KeyVaultProvider(Provider):
         except SecretError:
             raise
         except Exception as e:
-            mapped = self._map_error(e, what)
+            mapped = self.map_error(e, what)
             if mapped is None:
                 raise
             raise mapped from None
@@ -214,7 +237,7 @@ class KeyVaultProvider(Provider):
             secret.value if secret.value is not None else "", version=props.version, metadata=metadata
         )
 
-    def _map_error(self, e: Exception, what: str) -> SecretError | None:
+    def map_error(self, e: Exception, what: str) -> SecretError | None:
         """The contract's class for an SDK failure; None for anything unexpected (a bug: re-raised)."""
         from json import JSONDecodeError
 
@@ -287,6 +310,17 @@ class KeyVaultProvider(Provider):
             f"{where} and that it and {authority} are reachable from here (DNS, firewall, a proxy: "
             f"HTTPS_PROXY; ca_file for a private CA); the login is {self._plan.description}"
         )
+
+    # --- doctor ---
+
+    def endpoints(self, docs: Sequence[DocKey]) -> list[Endpoint]:
+        return doctor.endpoints(self, docs)
+
+    def identity(self, docs: Sequence[DocKey], ctx: FetchContext) -> Identity:
+        return doctor.identity(self, docs, ctx)
+
+    def diagnose(self, doc: DocKey | None, error: SecretError, ctx: FetchContext) -> str:
+        return doctor.diagnose(self, doc, error, ctx)
 
     def credential_env(self) -> set[str]:
         return set(self._plan.secret_env)

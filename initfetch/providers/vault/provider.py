@@ -9,12 +9,20 @@ renewed and revoked through the Provider interface (leases.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from initfetch.errors import BadReference
-from initfetch.providers.base import Document, FetchContext, Lease, OptionProblem, Provider
-from initfetch.providers.vault import leases
+from initfetch.errors import BadReference, SecretError
+from initfetch.providers.base import (
+    Document,
+    Endpoint,
+    FetchContext,
+    Identity,
+    Lease,
+    OptionProblem,
+    Provider,
+)
+from initfetch.providers.vault import doctor, leases
 from initfetch.providers.vault.auth import check_auth
 from initfetch.providers.vault.client import VaultClient
 from initfetch.providers.vault.reads import Mounts, read_kv2, read_plain
@@ -44,6 +52,7 @@ class VaultProvider(Provider):
         super().__init__(name, options, environ)
         self.client = VaultClient(name, self.options, environ, self.concurrency)
         self.mounts = Mounts(self.client)
+        self.policies: list[str] = []  # the token's, once `identity` looked it up (doctor)
 
     # --- offline validation ---
 
@@ -132,6 +141,17 @@ class VaultProvider(Provider):
 
     def unreachable_hint(self) -> str | None:
         return self.client.conn.what_to_check()
+
+    # --- doctor ---
+
+    def endpoints(self, docs: Sequence[DocKey]) -> list[Endpoint]:
+        return doctor.endpoints(self)
+
+    def identity(self, docs: Sequence[DocKey], ctx: FetchContext) -> Identity:
+        return doctor.identity(self, ctx)
+
+    def diagnose(self, doc: DocKey | None, error: SecretError, ctx: FetchContext) -> str:
+        return doctor.diagnose(self, doc, error, ctx)
 
     def credential_env(self) -> set[str]:
         return self.client.auth.configured_env()
