@@ -34,7 +34,7 @@ TOP_KEYS = {
     "on_change",
     "mask_output",
 }
-SECRET_KEYS = {"ref", "optional", "default", "refresh"}
+SECRET_KEYS = {"ref", "optional", "default", "refresh", "write", "revoke_replaced"}
 PROVIDER_KEYS = {"type", "keep_credentials", "refresh"}  # the rest are the provider's own options
 OUTPUT_KEYS = {"dest", "mode", "owner", "group"}
 TEMPLATE_KEYS = OUTPUT_KEYS | {"src"}

@@ -77,6 +77,30 @@ SECRET_PROPERTIES: dict[str, dict[str, Any]] = {
     "optional": {"type": "boolean", "description": "absent (not found) is no error"},
     "default": {"type": "string", "description": "the value when absent; implies optional"},
     "refresh": {"$ref": "#/$defs/duration"},
+    "write": {
+        "type": "object",
+        "description": "a secret produced by a write to ref's path (vault: pki/issue/ROLE, "
+        "transit/decrypt/KEY), with these parameters; ${VAR} expands in values",
+        "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_-]{0,63}$"},
+        "additionalProperties": {
+            "anyOf": [
+                {"type": ["string", "number", "boolean"]},
+                {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
+                {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "minLength": 1}},
+                    "required": ["file"],
+                    "additionalProperties": False,
+                    "description": "the parameter's value read from this file at write time",
+                },
+            ]
+        },
+    },
+    "revoke_replaced": {
+        "type": "boolean",
+        "description": "watch: revoke what a replaced write made (a certificate's serial) "
+        "after on_change.revoke_grace",
+    },
 }
 ON_CHANGE_PROPERTIES: dict[str, dict[str, Any]] = {
     "signal": {"type": "string", "minLength": 1, "description": "exec --watch: HUP, USR1, ... (default HUP)"},

@@ -29,8 +29,15 @@ class Lease:
     """A dynamic secret's lease (Vault); never contains the secret itself."""
 
     id: str
-    duration: int
+    duration: int  # seconds left
     renewable: bool
+    # The whole validity, when the secret says it (a certificate: notAfter - notBefore). The
+    # watcher then replaces it at about two thirds of that, counted from its start, not from
+    # when it was read.
+    validity: int = 0
+    # Whether a replaced one is revoked after on_change.revoke_grace (a certificate: only when
+    # the manifest asks). A preview and --revoke-on-exit revoke it regardless.
+    retire: bool = True
 
 
 @dataclass
@@ -96,6 +103,9 @@ class Provider:
     # How log lines name the backend and the login it holds ("Vault", "Vault token").
     backend_name: ClassVar[str] = ""
     login_name: ClassVar[str] = "login"
+    # Whether references may be write-style (`write:` in the manifest): the document is
+    # produced by a write (a PKI certificate), which `fetch` must never repeat blindly.
+    writes: ClassVar[bool] = False
 
     def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         self.name = name

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from initfetch.errors import BadReference
 from initfetch.providers.base import Document, FetchContext, Lease, OptionProblem, Provider
-from initfetch.providers.vault import leases
+from initfetch.providers.vault import leases, writes
 from initfetch.providers.vault.auth import check_auth
 from initfetch.providers.vault.client import VaultClient
 from initfetch.providers.vault.reads import Mounts, read_kv2, read_plain
@@ -39,11 +39,13 @@ class VaultProvider(Provider):
     # One request per secret (Vault has no batch read): enough in flight that 300
     # reads take a handful of round trips, as Vault Agent's parallel reads do.
     default_concurrency = 64
+    writes = True  # pki/issue/ROLE, transit/decrypt/KEY, ... (writes.py)
 
     def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         super().__init__(name, options, environ)
         self.client = VaultClient(name, self.options, environ, self.concurrency)
         self.mounts = Mounts(self.client)
+        self.certs: set[str] = set()  # lease ids made for certificates this instance issued
 
     # --- offline validation ---
 
@@ -62,6 +64,8 @@ class VaultProvider(Provider):
 
     @classmethod
     def check_reference(cls, ref: Reference) -> str | None:
+        if ref.doc.write is not None and ref.doc.query:
+            return "a write-style reference takes no ?query; give its parameters in write:"
         unknown = {k for k, _ in ref.doc.query} - {"version"}
         if unknown:
             return f"unknown query parameter(s) for vault: {', '.join(sorted(unknown))} (known: version)"
@@ -80,6 +84,11 @@ class VaultProvider(Provider):
     # --- reading ---
 
     def fetch(self, doc: DocKey, ctx: FetchContext) -> Document:
+        if doc.write is not None:
+            document = writes.write(self.client, self.mounts, doc, ctx)
+            if document.lease is not None and "serial_number" in document.metadata:
+                self.certs.add(document.lease.id)
+            return document
         # Through `run`: a read rejected for a dead token is made again after a new login.
         return self.client.run(ctx, lambda hvac: self._read(hvac, doc))
 
@@ -100,6 +109,10 @@ class VaultProvider(Provider):
         return leases.renew(self.client, lease, ctx)
 
     def revoke(self, lease_id: str, ctx: FetchContext) -> None:
+        if lease_id in self.certs:  # a certificate without a Vault lease: revoke its serial
+            leases.revoke_certificate(self.client, lease_id, ctx)
+            self.certs.discard(lease_id)
+            return
         leases.revoke(self.client, lease_id, ctx)
 
     @property
