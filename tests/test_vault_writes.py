@@ -334,3 +334,55 @@ def test_provider_fetch_of_a_write_doc(openbao: OpenBao) -> None:
         assert got.value["plaintext"] == CANARY_PLAINTEXT
     finally:
         provider.close()
+
+
+# --- preview and check never write unless asked -----------------------------------------------
+
+
+def _cli_manifest(tmp_path: Path, mount: str) -> Path:
+    (tmp_path / "tls.tmpl").write_text("{{ secrets.web.certificate }}{{ secrets.web.private_key }}")
+    path = tmp_path / "initfetch.yaml"
+    path.write_text(
+        pki_manifest(mount)
+        + "templates:\n  - {src: tls.tmpl, dest: tls.pem}\nfiles:\n  - {secret: web_key, dest: tls.key}\n"
+    )
+    return path
+
+
+def test_check_and_offline_preview_contact_nothing_and_show_placeholders(
+    openbao: OpenBao, tmp_path: Path
+) -> None:
+    from tests.helpers import clean_env, run_cli
+
+    mount = setup_pki(openbao)
+    before = issued(openbao, mount)
+    path = _cli_manifest(tmp_path, mount)
+    environ = clean_env(VAULT_ADDR=openbao.url, VAULT_TOKEN="root", HOME=str(tmp_path))
+    check = run_cli(["check", "-m", str(path)], env=environ)
+    offline = run_cli(["preview", "--offline", "-m", str(path)], env=environ)
+    assert check.returncode == 0, check.stderr
+    assert offline.returncode == 0, offline.stderr
+    assert "<secret:web/certificate>" in offline.stdout and "<secret:web_key>" in offline.stdout
+    assert issued(openbao, mount) == before
+
+
+def test_online_preview_skips_writes_unless_allowed_and_then_revokes(
+    openbao: OpenBao, tmp_path: Path
+) -> None:
+    from tests.helpers import clean_env, run_cli
+
+    mount = setup_pki(openbao)
+    before = issued(openbao, mount)
+    path = _cli_manifest(tmp_path, mount)
+    environ = clean_env(VAULT_ADDR=openbao.url, VAULT_TOKEN="root", HOME=str(tmp_path))
+    skipped = run_cli(["preview", "-m", str(path)], env=environ)
+    assert skipped.returncode == 0, skipped.stderr
+    assert "skipped: a write" in skipped.stdout and "<secret:web_key>" in skipped.stdout
+    assert issued(openbao, mount) == before
+    allowed = run_cli(["preview", "--allow-writes", "-m", str(path)], env=environ)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "PRIVATE KEY" not in allowed.stdout  # masked
+    new = issued(openbao, mount) - before
+    assert len(new) == 1  # one write for both secrets
+    assert revoked(openbao, mount, new.pop())  # and revoked when the preview ended
+    assert "revoked 1 lease(s) this preview created" in allowed.stderr
