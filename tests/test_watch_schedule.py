@@ -39,6 +39,18 @@ def test_non_renewable_lease_is_replaced_before_expiry() -> None:
     assert e.action == sched.REPLACE and e.at == pytest.approx(20)
 
 
+def test_certificate_is_replaced_at_two_thirds_of_its_validity_from_notbefore_with_jitter() -> None:
+    # Issued 30 s ago (notBefore backdated), 90 s validity, 60 s left: due at notBefore + 60.
+    e = fixed(0.0).lease("cert", 60, renewable=False, now=1000, validity=90)
+    assert e.action == sched.REPLACE and e.at == pytest.approx(1030) and e.expires_at == 1060
+    # Jitter: up to 5% of the validity earlier, never later than two thirds.
+    early = sched.Schedule(rng=lambda: 0.999).lease("cert", 60, False, now=1000, validity=90)
+    assert 1030 - 0.05 * 90 <= early.at < 1030
+    # Read late (past two thirds already): due now, not in the past.
+    late = fixed(0.0).lease("cert", 10, renewable=False, now=1000, validity=90)
+    assert late.at == 1000
+
+
 def test_refused_renewal_is_replaced_now() -> None:
     s = fixed()
     s.lease("db", 60, renewable=True, now=0)

@@ -71,6 +71,12 @@ OUTPUT_PROPERTIES: dict[str, dict[str, Any]] = {
     "group": _ID,
     "src": {"type": "string", "minLength": 1, "description": "a template, relative to the manifest"},
     "secret": {"type": "string", "description": "the secret whose value the file holds"},
+    "format": {
+        "enum": ["fullchain", "pem_bundle", "pkcs12"],
+        "description": "files: write an issued certificate (a pki/issue write) as its full chain, "
+        "chain + key in one PEM, or a PKCS#12 keystore",
+    },
+    "password": {"type": "string", "description": "format pkcs12: the secret holding the keystore password"},
 }
 SECRET_PROPERTIES: dict[str, dict[str, Any]] = {
     "ref": {"$ref": "#/$defs/reference"},

@@ -53,6 +53,10 @@ class Document:
     version: str | None = None
     lease: Lease | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Top-level keys of a mapping value that are not secret (a certificate, its serial): the
+    # redactor leaves them out, so logs can name a serial. Selected with #key, a value is
+    # masked like any other.
+    public: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

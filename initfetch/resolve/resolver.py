@@ -203,6 +203,8 @@ class Resolver:
             value = select_key(result.value, spec.ref.key, str(spec.ref)) if spec.ref.key else result.value
             check_text(value)
             values[spec.name] = value
+            if spec.ref.key is None and result.public and isinstance(value, dict):
+                value = {k: v for k, v in value.items() if k not in result.public}
             self.redactor.add(value, spec.name)
         except SecretError as e:
             if spec.optional and e.kind in OPTIONAL_KINDS:

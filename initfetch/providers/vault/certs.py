@@ -24,6 +24,11 @@ from initfetch.errors import NotFound
 from initfetch.providers.base import Document, Lease
 from initfetch.reference import Write
 
+# What an issued certificate's document holds that is not secret (all but private_key):
+# logs may show them (a serial in "revoked ..."), templates get them as usual.
+PUBLIC = frozenset(
+    {"certificate", "issuing_ca", "ca_chain", "serial_number", "expiration", "private_key_type"}
+)
 _PEM = re.compile(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.S)
 
 
@@ -50,7 +55,7 @@ def document(
         "not_before": int(not_before),
         "not_after": int(not_after),
     }
-    return Document(value=dict(data), version=serial, lease=lease, metadata=metadata)
+    return Document(value=dict(data), version=serial, lease=lease, metadata=metadata, public=PUBLIC)
 
 
 def cert_lease_id(mount: str, serial: str) -> str:
