@@ -171,15 +171,18 @@ def _issue_posts(proxy: Any, mount: str) -> int:
     return proxy.paths[f"/v1/{mount}/issue/web"]
 
 
-@pytest.mark.parametrize("fault", ["reset", "500"])
+@pytest.mark.parametrize("fault", ["reset", "500", "slow"])
 def test_a_write_that_may_have_happened_is_not_repeated(openbao: OpenBao, tmp_path: Path, fault: str) -> None:
     from initfetch.errors import ResolveFailed
 
     mount = setup_pki(openbao)
-    plan = FaultPlan(eligible=lambda m, p, h: m == "POST" and "/issue/" in p, script=[fault], html_share=0)
+    plan = FaultPlan(
+        eligible=lambda m, p, h: m == "POST" and "/issue/" in p, script=[fault], html_share=0, slow_hold=4
+    )
+    timeout = 2 if fault == "slow" else 10  # slow: no answer before the deadline
     with fault_proxy(openbao.url, plan) as proxy:
         with pytest.raises(ResolveFailed) as e:
-            resolve(tmp_path, pki_manifest(mount), env(openbao, tmp_path, url=proxy.url), timeout=10)
+            resolve(tmp_path, pki_manifest(mount), env(openbao, tmp_path, url=proxy.url), timeout=timeout)
         assert _issue_posts(proxy, mount) == 1
     text = str(e.value)
     assert "write-uncertain" in text and "the write may have happened; not repeated" in text

@@ -38,6 +38,9 @@ class Lease:
     # Whether a replaced one is revoked after on_change.revoke_grace (a certificate: only when
     # the manifest asks). A preview and --revoke-on-exit revoke it regardless.
     retire: bool = True
+    # Whether it stays valid when the login that made it ends (a certificate without a Vault
+    # lease): a new login then does not make the watcher read it again.
+    outlives_login: bool = False
 
 
 @dataclass

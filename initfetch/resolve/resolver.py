@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from initfetch import providers
-from initfetch.errors import Problem, ResolveFailed, SecretError, Unavailable
+from initfetch.errors import Problem, ResolveFailed, SecretError, Unavailable, WriteUncertain
 from initfetch.logs import audit
 from initfetch.manifest import Manifest, SecretSpec
 from initfetch.providers.base import Document, FetchContext, Lease, Provider
@@ -133,9 +133,7 @@ class Resolver:
         documents: dict[Group, tuple[Document | SecretError, int]] = {}
         for unit in units:
             for doc in unit.docs:
-                result = unit.results.get(doc) or Unavailable(
-                    f"no answer within the {self.timeout:g}s deadline (--timeout)"
-                )
+                result = unit.results.get(doc) or _no_answer(doc, self.timeout)
                 documents[(unit.instance, doc)] = (result, unit.ms.get(doc, int(self.timeout * 1000)))
         return self._select(specs, groups, documents)
 
@@ -238,3 +236,14 @@ class Resolver:
                 inst.close()
             except Exception as e:  # closing must never mask the run's outcome
                 log.debug("closing %s failed: %s", inst.name, type(e).__name__)
+
+
+def _no_answer(doc: DocKey, timeout: float) -> SecretError:
+    """What a document that got no answer by the deadline failed with. A write may be in
+    flight still: it may have happened, and is not made again."""
+    if doc.write is not None:
+        return WriteUncertain(
+            f"no answer to the write within the {timeout:g}s deadline (--timeout): "
+            "the write may have happened; not repeated"
+        )
+    return Unavailable(f"no answer within the {timeout:g}s deadline (--timeout)")

@@ -205,8 +205,12 @@ class LeaseKeeper:
         return True
 
     def leased(self, instance: str) -> set[Doc]:
-        """The documents of `instance` that hold a lease."""
-        return {k for k in self.leases if isinstance(k, Doc) and k.instance == instance}
+        """The documents of `instance` that hold a lease its login's end would take with it."""
+        return {
+            k
+            for k, lease in self.leases.items()
+            if isinstance(k, Doc) and k.instance == instance and not lease.outlives_login
+        }
 
     # --- revoking ---
 

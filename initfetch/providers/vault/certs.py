@@ -46,7 +46,14 @@ def document(
     left = max(1, int(not_after - time.time()))
     span = max(1, int(not_after - not_before))
     if lease is None:
-        lease = Lease(cert_lease_id(mount, serial), left, False, validity=span, retire=write.revoke_replaced)
+        lease = Lease(
+            cert_lease_id(mount, serial),
+            left,
+            False,
+            validity=span,
+            retire=write.revoke_replaced,
+            outlives_login=True,
+        )
     else:  # generate_lease: Vault's lease, replaced (not renewed) on the certificate's schedule
         lease = dataclasses.replace(lease, renewable=False, validity=span, retire=write.revoke_replaced)
     metadata = {
