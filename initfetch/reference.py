@@ -49,10 +49,6 @@ class Write:
     params: tuple[tuple[str, str | FromFile], ...] = ()
     revoke_replaced: bool = False  # revoke what a replaced write made, after on_change.revoke_grace
 
-    @property
-    def names(self) -> list[str]:
-        return [name for name, _ in self.params]
-
 
 @dataclass(frozen=True)
 class DocKey:
