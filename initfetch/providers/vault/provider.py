@@ -2,7 +2,9 @@
 
 `vault://MOUNT/PATH[?version=N][#key]`: KV v1 and v2 are told apart per mount,
 and every other readable path (database/creds, rabbitmq/creds, pki/ca/pem, ...)
-is read as it is, with its lease (reads.py). Connection settings and the login
+is read as it is, with its lease (reads.py). A write-style reference (`write:`
+in the manifest: pki/issue/ROLE, transit/decrypt/KEY) is one POST, never
+repeated when it may have happened (writes.py; certificates: certs.py). Connection settings and the login
 method are per instance (client.py, auth.py); leases and the login token are
 renewed and revoked through the Provider interface (leases.py).
 """

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from initfetch.errors import NotFound, SecretError, WriteUncertain
+from initfetch.errors import BadReference, NotFound, WriteUncertain
 from initfetch.providers.base import Document, FetchContext, Lease
 from initfetch.providers.vault import certs
 from initfetch.providers.vault.client import VaultClient
@@ -84,7 +84,7 @@ def _post(client: VaultClient, hvac: Any, path: str, body: dict[str, str]) -> An
             return hvac.adapter.post(f"/v1/{path}", json=body)
         except hx.InvalidPath as e:
             if not_vault(e):
-                raise SecretError(not_vault_message(client.conn.address, 404)) from None
+                raise BadReference(not_vault_message(client.conn.address, 404)) from None
             raise NotFound(f"no write endpoint at {path} (no secrets engine, role or key there?)") from None
 
 
