@@ -229,6 +229,12 @@ OPTIONS: tuple[Option, ...] = (
     _switch("--wipe-on-exit", "with --watch: remove the rendered files when it stops", WRITING),
     _switch("--offline", "contact nothing; render with placeholders", ("preview",)),
     _switch("--reveal", "show real values", ("preview",)),
+    _switch(
+        "--allow-writes",
+        "make the writes of write-style secrets (write: in the manifest, e.g. a PKI certificate) "
+        "instead of showing placeholders; what they create is revoked when the preview ends",
+        ("preview",),
+    ),
     Option(
         ("--strict",),
         "exit 2 when a provider the manifest uses has no client library installed "
@@ -335,7 +341,8 @@ EXAMPLES = {
   INITFETCH_REQUIRE_SECRETS=1 initfetch exec -- ./server   # never start without secrets""",
     "preview": """examples:
   initfetch preview                              # resolve, print what would be written, values masked
-  initfetch preview --offline                    # no backend, no credentials: placeholders""",
+  initfetch preview --offline                    # no backend, no credentials: placeholders
+  initfetch preview --allow-writes               # also issue write-style secrets (revoked at the end)""",
     "check": """examples:
   initfetch check -m deploy/initfetch.yaml       # manifest and templates, offline; exit 2 on a problem
   initfetch check --strict                       # CI: a missing provider library is an error too""",

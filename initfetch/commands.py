@@ -50,6 +50,7 @@ def _settings(args: argparse.Namespace, *, writes: bool = True, allow_disk: bool
         concurrency=args.concurrency,
         out_dir=Path(args.out) if writes and getattr(args, "out", None) else None,
         allow_disk=getattr(args, "allow_disk", False) if allow_disk is None else allow_disk,
+        allow_writes=getattr(args, "allow_writes", False),
         started=args.started,
     )
 

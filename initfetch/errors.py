@@ -227,6 +227,13 @@ class LoginExpired(AccessDenied):
     kind = "login-expired"
 
 
+class WriteUncertain(SecretError):
+    """A write was sent and no answer says whether it was carried out (a timeout, a reset, a
+    5xx): it is not repeated (that could issue two certificates), and it fails the read."""
+
+    kind = "write-uncertain"
+
+
 class Unavailable(SecretError):
     """Connection refused/reset, timeout, 429, 5xx, sealed or starting server.
 

@@ -62,6 +62,7 @@ class Settings:
     concurrency: int = DEFAULT_CONCURRENCY
     out_dir: Path | None = None  # None: nothing is written (preview, exec without files)
     allow_disk: bool = False
+    allow_writes: bool = False  # PREVIEW: make write-style secrets' writes (then revoke what they made)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -137,9 +138,18 @@ class Pipeline:
         """Every secret (or those in `names`); offline, placeholders. Raises ResolveFailed."""
         if self.mode.offline:
             return _placeholders(self.manifest)
+        skipped: list[str] = []
+        if self.mode is Mode.PREVIEW and not self.settings.allow_writes:
+            # A preview looks; a write acts (issues a certificate): not unless asked.
+            skipped = [n for n, s in self.manifest.secrets.items() if s.ref and s.ref.doc.write is not None]
+            wanted = self.manifest.secrets if names is None else names
+            names = [n for n in wanted if n not in skipped]
+            skipped = [n for n in skipped if n in wanted]
         resolution = self.resolver.resolve(names)
         if self.mode is Mode.PREVIEW:
             self._resolved.append(resolution)
+        if skipped:
+            resolution = _with_placeholders(resolution, self.manifest, skipped, "skipped: a write")
         return resolution
 
     def render(
@@ -267,11 +277,15 @@ def _meta(info: Mapping[str, Resolved]) -> dict[str, dict[str, Any]]:
 
 def _placeholders(manifest: Manifest) -> Resolution:
     """Offline: a placeholder for every value, and where each would have come from."""
+    return _with_placeholders(Resolution({}, {}, {}), manifest, list(manifest.secrets), "offline")
+
+
+def _with_placeholders(resolution: Resolution, manifest: Manifest, names: list[str], why: str) -> Resolution:
+    """`resolution` with a placeholder (and an outcome that says why) for each of `names`."""
     from initfetch.preview import Placeholder
 
-    values: dict[str, Any] = {name: Placeholder(name) for name in manifest.secrets}
-    info = {
-        n: Resolved(n, s.ref_text, s.ref_text.partition(":")[0], "offline")
-        for n, s in manifest.secrets.items()
-    }
-    return Resolution(values, info, {})
+    for n in names:
+        spec = manifest.secrets[n]
+        resolution.values[n] = Placeholder(n)
+        resolution.info[n] = Resolved(n, spec.ref_text, spec.ref_text.partition(":")[0], why)
+    return resolution

@@ -32,15 +32,37 @@ class RefSyntaxError(ValueError):
 
 
 @dataclass(frozen=True)
+class FromFile:
+    """A write parameter taken from a file when the write is made (a transit ciphertext)."""
+
+    path: str  # absolute (the loader resolves it against the manifest's directory)
+
+
+@dataclass(frozen=True)
+class Write:
+    """A secret produced by a write (`write:` in the manifest): its parameters, sent as given.
+
+    Parameters are not secret as such, but one could hold something sensitive: they are
+    never logged, and they appear in no message (only their names do).
+    """
+
+    params: tuple[tuple[str, str | FromFile], ...] = ()
+    revoke_replaced: bool = False  # revoke what a replaced write made, after on_change.revoke_grace
+
+
+@dataclass(frozen=True)
 class DocKey:
     """What one read fetches: a path plus the query that selects a version.
 
     Every reference with an equal DocKey on one provider instance is served by
-    the same read (one Vault lease, one AWS version).
+    the same read (one Vault lease, one AWS version). With `write`, the document is
+    produced by a write to the path (a PKI certificate, a transit decryption): two
+    references with the same path and parameters share that one write.
     """
 
     path: str
     query: tuple[tuple[str, str], ...] = ()
+    write: Write | None = None
 
     def param(self, name: str, default: str | None = None) -> str | None:
         for k, v in self.query:

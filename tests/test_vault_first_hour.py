@@ -67,5 +67,5 @@ def test_plain_text_bodies_are_values_and_write_only_paths_say_so(openbao: OpenB
     )
     pem = fetch(p, "vault://pki/ca/pem").value
     assert isinstance(pem, str) and pem.startswith("-----BEGIN CERTIFICATE-----")
-    with pytest.raises(BadReference, match="initfetch only reads"):
+    with pytest.raises(BadReference, match="needs the long form with write: parameters"):
         fetch(p, "vault://pki/issue/app")

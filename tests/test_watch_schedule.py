@@ -39,6 +39,18 @@ def test_non_renewable_lease_is_replaced_before_expiry() -> None:
     assert e.action == sched.REPLACE and e.at == pytest.approx(20)
 
 
+def test_certificate_is_replaced_at_two_thirds_of_its_validity_from_notbefore_with_jitter() -> None:
+    # Issued 30 s ago (notBefore backdated), 90 s validity, 60 s left: due at notBefore + 60.
+    e = fixed(0.0).lease("cert", 60, renewable=False, now=1000, validity=90)
+    assert e.action == sched.REPLACE and e.at == pytest.approx(1030) and e.expires_at == 1060
+    # Jitter: up to 5% of the validity earlier, never later than two thirds.
+    early = sched.Schedule(rng=lambda: 0.999).lease("cert", 60, False, now=1000, validity=90)
+    assert 1030 - 0.05 * 90 <= early.at < 1030
+    # Read late (past two thirds already): due now, not in the past.
+    late = fixed(0.0).lease("cert", 10, renewable=False, now=1000, validity=90)
+    assert late.at == 1000
+
+
 def test_refused_renewal_is_replaced_now() -> None:
     s = fixed()
     s.lease("db", 60, renewable=True, now=0)
@@ -130,3 +142,38 @@ def test_parse_reports_every_problem_in_one_line_each() -> None:
     assert len(chk.problems) == 5, text
     assert "refresh must be a duration" in text and "unknown signal" in text
     assert "command must be a non-empty list" in text and "unknown key 'bogus'" in text
+
+
+def test_keeper_retires_a_certificate_only_when_asked_and_keeps_it_across_a_new_login() -> None:
+    import threading
+
+    from initfetch.providers.base import FetchContext, Lease, Provider
+    from initfetch.reference import DocKey
+    from initfetch.resolve.pool import WorkerPool
+    from initfetch.watch.keeper import Calls, Doc, LeaseKeeper
+
+    class Recording(Provider):
+        type_name = "recording"
+
+        def __init__(self) -> None:
+            super().__init__("p", {}, {})
+            self.revoked: list[str] = []
+
+        def revoke(self, lease_id: str, ctx: FetchContext) -> None:
+            self.revoked.append(lease_id)
+
+    inst = Recording()
+    keeper = LeaseKeeper(Calls({"p": inst}, WorkerPool(2), 5.0, threading.Event()), fixed(), lambda: 0.0)
+    db, cert = Doc("p", DocKey("db/creds/app")), Doc("p", DocKey("pki/issue/web"))
+    db_lease = Lease("db/creds/app/1", 60, True)
+    cert_lease = Lease("pki/cert/01", 60, False, validity=90, retire=False, outlives_login=True)
+    keeper.keep(db, db_lease, 0.0)
+    keeper.keep(cert, cert_lease, 0.0)
+    # issued 30 s ago (60 s left of 90): due at notBefore + about two thirds of 90
+    assert keeper.schedule.entries[cert].at == pytest.approx(-30 + 90 * (2 / 3 - 0.05 * 0.5))
+    assert keeper.leased("p") == {db}  # a new login takes the database lease, not the certificate
+    keeper.retire([(db, db_lease), (cert, cert_lease)], at=0.0)
+    keeper.revoke_due(1.0)
+    assert inst.revoked == ["db/creds/app/1"]  # the certificate is left to expire
+    keeper.finish(revoke=True)  # --revoke-on-exit: everything, the certificate too
+    assert set(inst.revoked[1:]) == {"db/creds/app/1", "pki/cert/01"}

@@ -7,6 +7,7 @@ their options and references (their SDKs are not imported).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import difflib
 import os
@@ -36,7 +37,15 @@ from initfetch.manifest.model import (
 )
 from initfetch.manifest.outputs import load_outputs
 from initfetch.manifest.yamlsrc import LDict, LList
-from initfetch.reference import Reference, RefSyntaxError, expand_reference, expand_vars
+from initfetch.reference import (
+    DocKey,
+    FromFile,
+    Reference,
+    RefSyntaxError,
+    Write,
+    expand_reference,
+    expand_vars,
+)
 
 
 def load_manifest(
@@ -286,6 +295,8 @@ def _load_secrets(ctx: Loading, data: LDict, manifest: Manifest) -> None:
             )
             continue
         ref = check_reference(ctx, ref_text, ref_where, manifest.providers, f"secret '{name}'")
+        if isinstance(body, LDict) and ("write" in body or "revoke_replaced" in body):
+            ref = with_write(ctx, body, ref, manifest.providers, f"secret '{name}'")
         manifest.secrets[name] = SecretSpec(name, ref, ref_text, optional is True, default, where)
 
 
@@ -312,6 +323,86 @@ def check_reference(
     if problem:  # it may quote part of the reference: only identifier-like text stays
         chk.add(where, f"{what}: {yamlsrc.clean_quotes(problem)}")
     return ref
+
+
+def with_write(
+    ctx: Loading, body: LDict, ref: Reference | None, instances: Mapping[str, ProviderConfig], what: str
+) -> Reference | None:
+    """`ref` made a write-style reference by the secret's `write:` parameters (and
+    `revoke_replaced`); problems go to the checker."""
+    chk = ctx.chk
+    if "write" not in body:
+        chk.add(body.at("revoke_replaced"), f"{what}: revoke_replaced is for a write-style secret (write:)")
+        return ref
+    params = body.get("write")
+    if not isinstance(params, LDict):
+        chk.add(body.at("write"), f"{what}: write must be a mapping of parameters (write: {{}} for none)")
+        return None
+    revoke = body.get("revoke_replaced", False)
+    if not isinstance(revoke, bool):
+        chk.add(body.at("revoke_replaced"), f"{what}: revoke_replaced must be true or false")
+    pairs = [(k, v) for k, v in ((k, _write_param(ctx, params, k, what)) for k in params) if v is not None]
+    if ref is None:
+        return None
+    conf = instances[ref.scheme]
+    if not providers.provider_class(conf.type).writes:
+        chk.add(body.at("write"), f"{what}: a {conf.type} provider has no write-style references")
+        return None
+    write = Write(tuple(sorted(pairs, key=lambda p: p[0])), revoke is True)
+    ref = dataclasses.replace(ref, doc=DocKey(ref.doc.path, ref.doc.query, write))
+    problem = providers.provider_class(conf.type).check_reference(ref)
+    if problem and problem != providers.provider_class(conf.type).check_reference(
+        dataclasses.replace(ref, doc=DocKey(ref.doc.path, ref.doc.query))
+    ):  # a problem only the write form has (the read form's was reported already)
+        chk.add(body.at("write"), f"{what}: {yamlsrc.clean_quotes(problem)}")
+    return ref
+
+
+WRITE_PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+
+
+def _write_param(ctx: Loading, params: LDict, name: str, what: str) -> str | FromFile | None:
+    """One write parameter as the text Vault takes: `${VAR}` expanded, numbers and booleans
+    as written, a list comma-joined (alt_names, ip_sans), `{file: PATH}` read at write time.
+    A value is never quoted in a message: it could be sensitive."""
+    chk, where, value = ctx.chk, params.at(name), params[name]
+    if not WRITE_PARAM_RE.match(name):
+        chk.add(where, f"{what}: bad write parameter name {shown(name)}")
+        return None
+    if isinstance(value, LDict):
+        if set(value) != {"file"} or not isinstance(value["file"], str) or not value["file"]:
+            chk.add(where, f"{what}: write parameter {name}: a mapping must be {{file: PATH}}")
+            return None
+        path = _expand_param(ctx, value["file"], where, f"{what}: write parameter {name}")
+        return FromFile(str(ctx.base_dir / path))
+    if isinstance(value, LList) and all(_scalar(v) for v in value):
+        return ",".join(_expand_param(ctx, _text(v), where, f"{what}: write parameter {name}") for v in value)
+    if not _scalar(value):
+        chk.add(
+            where,
+            f"{what}: write parameter {name} must be a string, a number, true/false, a list of "
+            f"those or {{file: PATH}}, not {type_name(value)}",
+        )
+        return None
+    return _expand_param(ctx, _text(value), where, f"{what}: write parameter {name}")
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool) and not isinstance(value, datetime.date)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _expand_param(ctx: Loading, text: str, where: Loc, what: str) -> str:
+    try:
+        return expand_vars(text, ctx.environ, lenient=ctx.lenient)
+    except RefSyntaxError as e:
+        ctx.chk.add(where, f"{what}: {e}")
+        return text
 
 
 def _load_env(chk: Checker, data: LDict, manifest: Manifest) -> None:

@@ -34,12 +34,13 @@ TOP_KEYS = {
     "on_change",
     "mask_output",
 }
-SECRET_KEYS = {"ref", "optional", "default", "refresh"}
+SECRET_KEYS = {"ref", "optional", "default", "refresh", "write", "revoke_replaced"}
 PROVIDER_KEYS = {"type", "keep_credentials", "refresh"}  # the rest are the provider's own options
 OUTPUT_KEYS = {"dest", "mode", "owner", "group"}
 TEMPLATE_KEYS = OUTPUT_KEYS | {"src"}
-FILE_KEYS = OUTPUT_KEYS | {"secret"}
+FILE_KEYS = OUTPUT_KEYS | {"secret", "format", "password"}
 ENV_FROM_KEYS = {"secret", "prefix"}
+FILE_FORMATS = ("fullchain", "pem_bundle", "pkcs12")  # files: format (an issued certificate)
 
 
 @dataclass
@@ -72,6 +73,8 @@ class Output:
     src: Path | None = None
     template_name: str | None = None  # loader name, relative to the manifest directory
     secret: str | None = None
+    format: str | None = None  # files: the secret's value written as fullchain, pem_bundle or pkcs12
+    password: str | None = None  # format pkcs12: the secret holding the keystore's password
     loc: Loc | None = None
 
 

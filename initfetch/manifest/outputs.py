@@ -9,7 +9,15 @@ from typing import Any
 
 from initfetch.errors import Loc, shown
 from initfetch.manifest.checker import Checker, Loading, type_name
-from initfetch.manifest.model import DEFAULT_MODE, FILE_KEYS, MODE_TEXT_RE, TEMPLATE_KEYS, Manifest, Output
+from initfetch.manifest.model import (
+    DEFAULT_MODE,
+    FILE_FORMATS,
+    FILE_KEYS,
+    MODE_TEXT_RE,
+    TEMPLATE_KEYS,
+    Manifest,
+    Output,
+)
 from initfetch.manifest.yamlsrc import LDict, LList
 from initfetch.outdir.names import NAME_MAX, PATH_MAX, reserved
 
@@ -105,7 +113,39 @@ def _load_output(ctx: Loading, entry: LDict, section: str, i: int, manifest: Man
             chk.add(entry.at("secret"), f"{what}: 'secret' must name a declared secret, got {got}")
             return None
         out.secret = secret
+        if not _file_format(chk, entry, out, manifest, what):
+            return None
     return out if dest else None
+
+
+def _file_format(chk: Checker, entry: LDict, out: Output, manifest: Manifest, what: str) -> bool:
+    """`format:` (and pkcs12's `password:`) of a files: entry; False on a problem."""
+    fmt, password = entry.get("format"), entry.get("password")
+    if fmt is None:
+        if password is not None:
+            chk.add(entry.at("password"), f"{what}: password is for format: pkcs12")
+            return False
+        return True
+    if fmt not in FILE_FORMATS:
+        got = shown(fmt) if isinstance(fmt, str) else type_name(fmt)
+        chk.add(entry.at("format"), f"{what}: format must be one of {', '.join(FILE_FORMATS)}, got {got}")
+        return False
+    out.format = fmt
+    if fmt != "pkcs12":
+        if password is not None:
+            chk.add(entry.at("password"), f"{what}: password is for format: pkcs12")
+            return False
+        return True
+    if not isinstance(password, str) or password not in manifest.secrets:
+        got = shown(password) if isinstance(password, str) else type_name(password)
+        chk.add(
+            entry.at("password") if "password" in entry else entry.loc,
+            f"{what}: format pkcs12 needs password: naming the secret that holds the keystore's password, "
+            f"got {got}",
+        )
+        return False
+    out.password = password
+    return True
 
 
 def normalize_dest(chk: Checker, dest: Any, where: Loc, what: str) -> str | None:

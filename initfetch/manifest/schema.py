@@ -71,12 +71,42 @@ OUTPUT_PROPERTIES: dict[str, dict[str, Any]] = {
     "group": _ID,
     "src": {"type": "string", "minLength": 1, "description": "a template, relative to the manifest"},
     "secret": {"type": "string", "description": "the secret whose value the file holds"},
+    "format": {
+        "enum": ["fullchain", "pem_bundle", "pkcs12"],
+        "description": "files: write an issued certificate (a pki/issue write) as its full chain, "
+        "chain + key in one PEM, or a PKCS#12 keystore",
+    },
+    "password": {"type": "string", "description": "format pkcs12: the secret holding the keystore password"},
 }
 SECRET_PROPERTIES: dict[str, dict[str, Any]] = {
     "ref": {"$ref": "#/$defs/reference"},
     "optional": {"type": "boolean", "description": "absent (not found) is no error"},
     "default": {"type": "string", "description": "the value when absent; implies optional"},
     "refresh": {"$ref": "#/$defs/duration"},
+    "write": {
+        "type": "object",
+        "description": "a secret produced by a write to ref's path (vault: pki/issue/ROLE, "
+        "transit/decrypt/KEY), with these parameters; ${VAR} expands in values",
+        "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_-]{0,63}$"},
+        "additionalProperties": {
+            "anyOf": [
+                {"type": ["string", "number", "boolean"]},
+                {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
+                {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "minLength": 1}},
+                    "required": ["file"],
+                    "additionalProperties": False,
+                    "description": "the parameter's value read from this file at write time",
+                },
+            ]
+        },
+    },
+    "revoke_replaced": {
+        "type": "boolean",
+        "description": "watch: revoke what a replaced write made (a certificate's serial) "
+        "after on_change.revoke_grace",
+    },
 }
 ON_CHANGE_PROPERTIES: dict[str, dict[str, Any]] = {
     "signal": {"type": "string", "minLength": 1, "description": "exec --watch: HUP, USR1, ... (default HUP)"},

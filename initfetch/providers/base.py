@@ -29,8 +29,18 @@ class Lease:
     """A dynamic secret's lease (Vault); never contains the secret itself."""
 
     id: str
-    duration: int
+    duration: int  # seconds left
     renewable: bool
+    # The whole validity, when the secret says it (a certificate: notAfter - notBefore). The
+    # watcher then replaces it at about two thirds of that, counted from its start, not from
+    # when it was read.
+    validity: int = 0
+    # Whether a replaced one is revoked after on_change.revoke_grace (a certificate: only when
+    # the manifest asks). A preview and --revoke-on-exit revoke it regardless.
+    retire: bool = True
+    # Whether it stays valid when the login that made it ends (a certificate without a Vault
+    # lease): a new login then does not make the watcher read it again.
+    outlives_login: bool = False
 
 
 @dataclass
@@ -46,6 +56,10 @@ class Document:
     version: str | None = None
     lease: Lease | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Top-level keys of a mapping value that are not secret (a certificate, its serial): the
+    # redactor leaves them out, so logs can name a serial. Selected with #key, a value is
+    # masked like any other.
+    public: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,9 @@ class Provider:
     # How log lines name the backend and the login it holds ("Vault", "Vault token").
     backend_name: ClassVar[str] = ""
     login_name: ClassVar[str] = "login"
+    # Whether references may be write-style (`write:` in the manifest): the document is
+    # produced by a write (a PKI certificate), which `fetch` must never repeat blindly.
+    writes: ClassVar[bool] = False
 
     def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         self.name = name

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from initfetch import providers
-from initfetch.errors import Problem, ResolveFailed, SecretError, Unavailable
+from initfetch.errors import Problem, ResolveFailed, SecretError, Unavailable, WriteUncertain
 from initfetch.logs import audit
 from initfetch.manifest import Manifest, SecretSpec
 from initfetch.observe import NULL, Observer
@@ -135,9 +135,7 @@ class Resolver:
         documents: dict[Group, tuple[Document | SecretError, int]] = {}
         for unit in units:
             for doc in unit.docs:
-                result = unit.results.get(doc) or Unavailable(
-                    f"no answer within the {self.timeout:g}s deadline (--timeout)"
-                )
+                result = unit.results.get(doc) or _no_answer(doc, self.timeout)
                 documents[(unit.instance, doc)] = (result, unit.ms.get(doc, int(self.timeout * 1000)))
         return self._select(specs, groups, documents)
 
@@ -205,6 +203,8 @@ class Resolver:
             value = select_key(result.value, spec.ref.key, str(spec.ref)) if spec.ref.key else result.value
             check_text(value)
             values[spec.name] = value
+            if spec.ref.key is None and result.public and isinstance(value, dict):
+                value = {k: v for k, v in value.items() if k not in result.public}
             self.redactor.add(value, spec.name)
         except SecretError as e:
             if spec.optional and e.kind in OPTIONAL_KINDS:
@@ -238,3 +238,14 @@ class Resolver:
                 inst.close()
             except Exception as e:  # closing must never mask the run's outcome
                 log.debug("closing %s failed: %s", inst.name, type(e).__name__)
+
+
+def _no_answer(doc: DocKey, timeout: float) -> SecretError:
+    """What a document that got no answer by the deadline failed with. A write may be in
+    flight still: it may have happened, and is not made again."""
+    if doc.write is not None:
+        return WriteUncertain(
+            f"no answer to the write within the {timeout:g}s deadline (--timeout): "
+            "the write may have happened; not repeated"
+        )
+    return Unavailable(f"no answer within the {timeout:g}s deadline (--timeout)")

@@ -88,3 +88,90 @@ def dotenv_quote(value: Any) -> str:
         .replace("\r", "\\r")
     )
     return f'"{escaped}"'
+
+
+# --- certificates (a PKI write's document: certificate, private_key, issuing_ca, ca_chain) ---
+
+
+def _pki_field(value: Any, key: str, helper: str) -> Any:
+    try:
+        return value[key]
+    except (KeyError, TypeError, IndexError):
+        raise TemplateRefused(
+            f"{helper}: the value is not an issued certificate (no '{key}'; "
+            "use the whole secret of a pki/issue write, not one key of it)"
+        ) from None
+
+
+def _pem(text: Any) -> str:
+    return to_text(text).strip() + "\n"
+
+
+def fullchain(value: Any) -> str:
+    """The certificate, then its chain (ca_chain, else issuing_ca), each once: what nginx's
+    ssl_certificate and most servers take."""
+    parts = [_pem(_pki_field(value, "certificate", "fullchain"))]
+    try:
+        chain = value["ca_chain"]
+    except (KeyError, TypeError, IndexError):
+        chain = None
+    if not chain:
+        chain = [_pki_field(value, "issuing_ca", "fullchain")]
+    if isinstance(chain, str | bytes):
+        chain = [chain]
+    for pem in chain:
+        if _pem(pem) not in parts:
+            parts.append(_pem(pem))
+    return "".join(parts)
+
+
+def pem_bundle(value: Any) -> str:
+    """The full chain and then the private key, in one file (HAProxy's `crt`)."""
+    return fullchain(value) + _pem(_pki_field(value, "private_key", "pem_bundle"))
+
+
+def ca_bundle(value: Any) -> str:
+    """The issuing CA and the rest of the chain, without the certificate (a client's trust file)."""
+    return fullchain(value)[len(_pem(_pki_field(value, "certificate", "ca_bundle"))) :]
+
+
+def pkcs12(value: Any, password: Any) -> bytes:
+    """A PKCS#12 keystore (key, certificate and chain) for Java and .NET applications,
+    encrypted with `password`. Needs the `cryptography` package, imported only here (it is
+    in the `all` image through azure-identity; no extra pulls it in for Vault alone, so a
+    Vault-only image stays small and can do everything else)."""
+    cert_pem = to_text(_pki_field(value, "certificate", "pkcs12"))
+    key_pem = to_text(_pki_field(value, "private_key", "pkcs12"))
+    if cert_pem.startswith("<secret:") and cert_pem.endswith(">"):  # a preview's or check's placeholder
+        return f"{cert_pem.removesuffix('/certificate>')}|pkcs12>".encode()
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import (
+            BestAvailableEncryption,
+            load_pem_private_key,
+        )
+        from cryptography.hazmat.primitives.serialization import (
+            pkcs12 as p12,
+        )
+    except ImportError:
+        raise TemplateRefused(
+            "pkcs12 needs the 'cryptography' package, which this installation lacks "
+            "(the image built with EXTRAS=all has it; else pip install cryptography)"
+        ) from None
+    secret = to_text(password).encode("utf-8")
+    if not secret:
+        raise TemplateRefused("pkcs12: the password is empty")
+    try:
+        chain = fullchain(value)[len(_pem(cert_pem)) :]
+        cas = x509.load_pem_x509_certificates(chain.encode()) if chain.strip() else None
+        key: Any = load_pem_private_key(key_pem.encode(), None)  # PKI issues RSA, EC or Ed25519 keys
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        return p12.serialize_key_and_certificates(
+            None,
+            key,
+            cert,
+            cas,
+            BestAvailableEncryption(secret),
+        )
+    except (ValueError, TypeError):
+        raise TemplateRefused("pkcs12: the certificate or the private key could not be read") from None

@@ -20,7 +20,11 @@ from initfetch.redact import Redactor, mask
 from initfetch.templating.encoders import (
     b64decode,
     b64encode,
+    ca_bundle,
     dotenv_quote,
+    fullchain,
+    pem_bundle,
+    pkcs12,
     shell_quote,
     to_json,
     to_yaml,
@@ -74,6 +78,11 @@ def add_filters(env: jinja2.Environment, redactor: Redactor | None, preview: boo
         "fromjson": (json.loads, "fromjson"),
         "shquote": (shell_quote, "sh"),
         "dotenv": (dotenv_quote, "dotenv"),
+        # certificates from a PKI write (secrets.NAME is the whole issued document)
+        "fullchain": (fullchain, "fullchain"),
+        "pem_bundle": (pem_bundle, "pem_bundle"),
+        "ca_bundle": (ca_bundle, "ca_bundle"),
+        "pkcs12": (pkcs12, "pkcs12"),  # bytes: `| b64encode` it in a template, or files: format
     }
     for name, (fn, tag) in filters.items():
         env.filters[name] = derived(fn, tag)

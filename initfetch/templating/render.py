@@ -23,7 +23,7 @@ from initfetch.errors import BadInput, Loc, Problem, ProblemKind
 from initfetch.limits import exceeded, human_size
 from initfetch.manifest import EnvFrom, Manifest, Output, env_var_names
 from initfetch.redact import Redactor, mask
-from initfetch.templating.encoders import to_json, to_text
+from initfetch.templating.encoders import TemplateRefused, to_json, to_text
 
 if TYPE_CHECKING:
     import jinja2
@@ -182,13 +182,33 @@ class _Run:
         assert out.secret is not None
         if out.secret not in self.values:
             return  # an optional secret that is absent writes no file
-        data = as_bytes(self.values[out.secret])
+        try:
+            data = self._file_data(out)
+        except TemplateRefused as e:
+            self._fail(out.dest, Problem(out.loc, f"file {out.dest}: {e}", ProblemKind.VALUE))
+            return
         if self.budget.take(len(data)):
             self.files[out.dest] = data
         else:
             self._fail(
                 out.dest, Problem(out.loc, f"file {out.dest}: {self.budget.message}", ProblemKind.LIMIT)
             )
+
+    def _file_data(self, out: Output) -> bytes:
+        """A files: entry's bytes: the secret's value, or its certificate in `out.format`."""
+        assert out.secret is not None
+        value = self.values[out.secret]
+        if out.format is None:
+            return as_bytes(value)
+        from initfetch.templating import encoders
+
+        if out.format == "pkcs12":
+            assert out.password is not None
+            if out.password not in self.values:
+                raise TemplateRefused(f"the password secret {out.password} has no value")
+            return encoders.pkcs12(value, self.values[out.password])
+        data = encoders.fullchain(value) if out.format == "fullchain" else encoders.pem_bundle(value)
+        return data.encode("utf-8")
 
     def _template_file(self, out: Output) -> None:
         env = self.env

@@ -15,6 +15,7 @@ Lease ids and TTLs are logged, never a value.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -92,7 +93,7 @@ class LeaseKeeper:
     def keep(self, key: Doc | Login, lease: Lease, now: float) -> None:
         """A lease granted at `now` (a dynamic read, or a login): renew or replace it in time."""
         self.leases[key] = lease
-        self.schedule.lease(key, lease.duration, lease.renewable, now)
+        self.schedule.lease(key, lease.duration, lease.renewable, now, lease.validity)
 
     def keep_login(self, instance: str, now: float) -> None:
         """Keep the instance's login alive, if it has one that expires."""
@@ -166,7 +167,7 @@ class LeaseKeeper:
         self.observer.refresh(key.instance, None)
         entry = self.schedule.renewed(key, granted.duration, now)
         # Keep the first TTL: every renewal asks for it again, and a shorter grant means max TTL.
-        self.leases[key] = Lease(lease.id, lease.duration, granted.renewable)
+        self.leases[key] = dataclasses.replace(lease, renewable=granted.renewable)
         log.info(
             "renewed the lease of %s for %ds%s",
             key,
@@ -224,14 +225,19 @@ class LeaseKeeper:
         return True
 
     def leased(self, instance: str) -> set[Doc]:
-        """The documents of `instance` that hold a lease."""
-        return {k for k in self.leases if isinstance(k, Doc) and k.instance == instance}
+        """The documents of `instance` that hold a lease its login's end would take with it."""
+        return {
+            k
+            for k, lease in self.leases.items()
+            if isinstance(k, Doc) and k.instance == instance and not lease.outlives_login
+        }
 
     # --- revoking ---
 
     def retire(self, replaced: Iterable[tuple[Doc, Lease]], at: float) -> None:
-        """Revoke leases that were replaced, at `at` (after the application's grace)."""
-        self.revokes.extend(_Revoke(at, k.instance, lease.id) for k, lease in replaced)
+        """Revoke leases that were replaced, at `at` (after the application's grace); one that
+        says not to (`retire`: a certificate, unless the manifest asks) is left to expire."""
+        self.revokes.extend(_Revoke(at, k.instance, lease.id) for k, lease in replaced if lease.retire)
 
     def unused(self, leases: Iterable[tuple[str, Lease]], now: float) -> None:
         """New leases a failed refresh created and will never use: revoke them now."""
@@ -266,8 +272,9 @@ class LeaseKeeper:
         with `revoke` every lease this watcher holds and every login it made itself; all of it
         within FINISH_BUDGET, so a backend that is down cannot hold the exit up."""
         self._budget = time.monotonic() + FINISH_BUDGET
-        if revoke:
-            self.retire([(k, lease) for k, lease in self.leases.items() if isinstance(k, Doc)], 0.0)
+        if revoke:  # everything, certificates too: the application is gone
+            held = [(k, lease) for k, lease in self.leases.items() if isinstance(k, Doc)]
+            self.revokes.extend(_Revoke(0.0, k.instance, lease.id) for k, lease in held)
         self.revoke_due(self.clock(), everything=True)
         if revoke:
             self._revoke_logins()

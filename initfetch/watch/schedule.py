@@ -9,7 +9,9 @@ seconds), and a random source can be injected, so every rule is testable.
   two thirds of its TTL. When a renewal grants less than the lease's first
   duration, the lease has hit its max TTL: it is replaced (read again, or a new
   login for a token) at two thirds of what is left, ahead of its expiry. A
-  lease that is not renewable is replaced the same way.
+  lease that is not renewable is replaced the same way. A lease that knows its whole
+  validity (a certificate: notAfter - notBefore) is replaced at about two thirds of
+  that validity, counted from its start.
 - A failure is retried with exponential backoff and jitter (capped at
   BACKOFF_MAX, so a recovery is noticed quickly), never later than the item's
   normal interval; the item counts as failing until it succeeds again, and its
@@ -61,13 +63,22 @@ class Schedule:
         self.entries[key] = entry
         return entry
 
-    def lease(self, key: Hashable, duration: float, renewable: bool, now: float) -> Entry:
-        """A new lease granted at `now` (a dynamic read, or a login)."""
+    def lease(
+        self, key: Hashable, duration: float, renewable: bool, now: float, validity: float = 0.0
+    ) -> Entry:
+        """A new lease granted at `now` (a dynamic read, or a login), `duration` seconds left.
+
+        With `validity` (a certificate's notAfter - notBefore), it is due at about two thirds
+        of that counted from its start (notAfter - validity), not from `now`."""
         entry = self.entries.get(key) or Entry(key, RENEW, now)
         entry.interval, entry.requested = None, float(duration)
         entry.expires_at = now + duration
         entry.action = RENEW if renewable else REPLACE
-        entry.at = entry.due = now + duration * self._renew_fraction()
+        if validity > 0:
+            start = entry.expires_at - validity
+            entry.at = entry.due = max(now, start + validity * self._renew_fraction())
+        else:
+            entry.at = entry.due = now + duration * self._renew_fraction()
         self._ok(entry, now)
         self.entries[key] = entry
         return entry

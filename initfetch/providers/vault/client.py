@@ -215,12 +215,14 @@ class VaultClient:
         current = self._current
         return getattr(current[0], "token", None) if current is not None else None
 
-    def errors(self, what: str) -> Any:
+    def errors(self, what: str, scrub: list[str] | None = None) -> Any:
+        """Failures of the block as SecretErrors naming `what`; Vault's message has the login's
+        secrets and `scrub` (a write's parameter values) taken out."""
         return mapped_errors(
             self.session,
             what=what,
             address=self.conn.address,
-            scrub=self.auth.secrets(),
+            scrub=[*self.auth.secrets(), *(scrub or [])],
             hint=self.conn.unreachable_hint(),
         )
 

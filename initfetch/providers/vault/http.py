@@ -228,8 +228,8 @@ def _from_vault(
         return NotFound(f"nothing found {what}{suffix}")
     if status == 405:
         return BadReference(
-            f"Vault does not allow reading this path (405) while {what}: initfetch only reads; "
-            "endpoints that issue on write (pki/issue/..., transit) are not references"
+            f"Vault does not allow reading this path (405) while {what}: an endpoint that issues on "
+            "write (pki/issue/ROLE, transit/decrypt/KEY) needs the long form with write: parameters"
         )
     return BadReference(f"Vault rejected the request {what} ({status or 400}){suffix}")
 

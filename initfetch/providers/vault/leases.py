@@ -53,6 +53,24 @@ def revoke(client: VaultClient, lease_id: str, ctx: FetchContext) -> None:
     client.run(ctx, call)
 
 
+def revoke_certificate(client: VaultClient, lease_id: str, ctx: FetchContext) -> None:
+    """Revoke an issued certificate by its serial (MOUNT/revoke); `lease_id` is certs.py's."""
+    from initfetch.providers.vault.certs import parse_lease_id
+
+    mount, serial = parse_lease_id(lease_id)
+
+    def call(hvac: Any) -> None:
+        import hvac.exceptions as hx
+
+        with client.errors(f"revoking certificate {serial}"):
+            try:
+                hvac.adapter.post(f"/v1/{mount}/revoke", json={"serial_number": serial})
+            except hx.InvalidRequest:  # expired (nothing to revoke) or unknown to the mount
+                raise LeaseRevoked(f"the certificate {serial} has expired or is unknown") from None
+
+    client.run(ctx, call)
+
+
 @contextmanager
 def _gone(lease_id: str) -> Iterator[None]:
     """Vault's 400 for a lease it no longer holds -> LeaseRevoked (the secret must be read anew)."""

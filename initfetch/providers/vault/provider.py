@@ -2,7 +2,9 @@
 
 `vault://MOUNT/PATH[?version=N][#key]`: KV v1 and v2 are told apart per mount,
 and every other readable path (database/creds, rabbitmq/creds, pki/ca/pem, ...)
-is read as it is, with its lease (reads.py). Connection settings and the login
+is read as it is, with its lease (reads.py). A write-style reference (`write:`
+in the manifest: pki/issue/ROLE, transit/decrypt/KEY) is one POST, never
+repeated when it may have happened (writes.py; certificates: certs.py). Connection settings and the login
 method are per instance (client.py, auth.py); leases and the login token are
 renewed and revoked through the Provider interface (leases.py).
 """
@@ -22,7 +24,7 @@ from initfetch.providers.base import (
     OptionProblem,
     Provider,
 )
-from initfetch.providers.vault import doctor, leases
+from initfetch.providers.vault import doctor, leases, writes
 from initfetch.providers.vault.auth import check_auth
 from initfetch.providers.vault.client import VaultClient
 from initfetch.providers.vault.reads import Mounts, read_kv2, read_plain
@@ -47,12 +49,14 @@ class VaultProvider(Provider):
     # One request per secret (Vault has no batch read): enough in flight that 300
     # reads take a handful of round trips, as Vault Agent's parallel reads do.
     default_concurrency = 64
+    writes = True  # pki/issue/ROLE, transit/decrypt/KEY, ... (writes.py)
 
     def __init__(self, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         super().__init__(name, options, environ)
         self.client = VaultClient(name, self.options, environ, self.concurrency)
         self.mounts = Mounts(self.client)
         self.policies: list[str] = []  # the token's, once `identity` looked it up (doctor)
+        self.certs: set[str] = set()  # lease ids made for certificates this instance issued
 
     # --- offline validation ---
 
@@ -71,6 +75,8 @@ class VaultProvider(Provider):
 
     @classmethod
     def check_reference(cls, ref: Reference) -> str | None:
+        if ref.doc.write is not None and ref.doc.query:
+            return "a write-style reference takes no ?query; give its parameters in write:"
         unknown = {k for k, _ in ref.doc.query} - {"version"}
         if unknown:
             return f"unknown query parameter(s) for vault: {', '.join(sorted(unknown))} (known: version)"
@@ -89,6 +95,11 @@ class VaultProvider(Provider):
     # --- reading ---
 
     def fetch(self, doc: DocKey, ctx: FetchContext) -> Document:
+        if doc.write is not None:
+            document = writes.write(self.client, self.mounts, doc, ctx)
+            if document.lease is not None and "serial_number" in document.metadata:
+                self.certs.add(document.lease.id)
+            return document
         # Through `run`: a read rejected for a dead token is made again after a new login.
         return self.client.run(ctx, lambda hvac: self._read(hvac, doc))
 
@@ -109,6 +120,10 @@ class VaultProvider(Provider):
         return leases.renew(self.client, lease, ctx)
 
     def revoke(self, lease_id: str, ctx: FetchContext) -> None:
+        if lease_id in self.certs:  # a certificate without a Vault lease: revoke its serial
+            leases.revoke_certificate(self.client, lease_id, ctx)
+            self.certs.discard(lease_id)
+            return
         leases.revoke(self.client, lease_id, ctx)
 
     @property
