@@ -389,3 +389,22 @@ def test_online_preview_skips_writes_unless_allowed_and_then_revokes(
     assert len(new) == 1  # one write for both secrets
     assert revoked(openbao, mount, new.pop())  # and revoked when the preview ended
     assert "revoked 1 lease(s) this preview created" in allowed.stderr
+
+
+def test_doctor_diff_and_scan_never_write(openbao: OpenBao, tmp_path: Path) -> None:
+    from tests.helpers import clean_env, run_cli
+
+    mount = setup_pki(openbao)
+    before = issued(openbao, mount)
+    path = _cli_manifest(tmp_path, mount)
+    environ = clean_env(VAULT_ADDR=openbao.url, VAULT_TOKEN="root", HOME=str(tmp_path))
+    doctor = run_cli(["doctor", "-m", str(path)], env=environ)
+    assert "a write-style secret; doctor never writes" in doctor.stdout, doctor.stdout + doctor.stderr
+    out = tmp_path / "out"
+    out.mkdir()
+    diff = run_cli(["diff", "-m", str(path), "-o", str(out)], env=environ)
+    assert diff.returncode == 0 and "tls.pem" in diff.stdout, diff.stdout + diff.stderr
+    (tmp_path / "repo").mkdir()
+    scan = run_cli(["scan", "-m", str(path), str(tmp_path / "repo")], env=environ)
+    assert scan.returncode == 0, scan.stderr
+    assert issued(openbao, mount) == before
