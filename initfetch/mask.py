@@ -53,20 +53,15 @@ class RedactorNeedles:
     def __init__(self, redactor: Redactor) -> None:
         self.redactor = redactor
         self._lock = threading.Lock()
-        self._seen: object = None
-        self._seen_len = -1
+        self._seen = -1
         self._needles = Needles({})
 
     def __call__(self) -> Needles:
-        # The redactor's table is replaced by retire() and grows by add(): either shows here.
-        # It has no public view of its forms; this is its one reader outside redact.py.
-        labels = self.redactor._labels
+        # add() and retire() (a rotation under --watch) move the redactor's `changes`
         with self._lock:
-            if labels is not self._seen or len(labels) != self._seen_len:
-                with self.redactor._lock:
-                    snapshot = list(labels.items())
+            if self.redactor.changes != self._seen:
+                self._seen, snapshot = self.redactor.forms()
                 self._needles = Needles(text_forms(snapshot))
-                self._seen, self._seen_len = labels, len(snapshot)
             return self._needles
 
 

@@ -23,9 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from initfetch.redact import mask
-
-ANCHOR = 16
+from initfetch.redact import ANCHOR, anchored_automaton, mask
 
 # The armour lines of a PEM block are in every certificate and key, secret or not: as lines
 # of a multi-line value they would match every PEM file anywhere.
@@ -115,17 +113,7 @@ class Needles:
         return len(self.labels)
 
     def _build(self) -> Any:
-        import ahocorasick
-
-        by_anchor: dict[str, list[str]] = {}
-        for form in self.labels:
-            by_anchor.setdefault(form[:ANCHOR], []).append(form)
-        automaton = ahocorasick.Automaton()
-        for anchor, forms in by_anchor.items():
-            forms.sort(key=len, reverse=True)
-            automaton.add_word(anchor, (len(anchor), forms))
-        automaton.make_automaton()
-        return automaton
+        return anchored_automaton(self.labels)
 
     def hits(self, text: str, before: int | None = None) -> Iterator[Hit]:
         """Every complete occurrence of every form starting before `before` (default: anywhere)."""

@@ -51,6 +51,7 @@ class Redactor:
         self._matcher: Any = None
         self._lock = threading.Lock()
         self.builds = 0
+        self.changes = 0  # grows whenever the registered forms change (see forms())
 
     def add(self, value: Any, label: str) -> None:
         """Register a value (and its string leaves and common encodings) under a label."""
@@ -62,6 +63,7 @@ class Redactor:
                 if text not in self._labels:
                     self._labels[text] = label
                     self._matcher = None
+                    self.changes += 1
 
     def retire(self, keep: Iterable[Any]) -> None:
         """Forget every value except those of `keep` and those registered since the last
@@ -79,6 +81,7 @@ class Redactor:
             self._labels = {f: label for f, label in self._labels.items() if f in kept or f in self._recent}
             self._recent = set()
             self._matcher = None
+            self.changes += 1
 
     def subset(self, keep: Callable[[str], bool]) -> Redactor:
         """A redactor that masks only the registered forms `keep` accepts, under the same labels."""
@@ -86,6 +89,12 @@ class Redactor:
         with self._lock:
             other._labels = {form: label for form, label in self._labels.items() if keep(form)}
         return other
+
+    def forms(self) -> tuple[int, list[tuple[str, str]]]:
+        """(changes, every registered (form, label)): a consistent copy for another matcher
+        (exec --mask-output) to rebuild from when `changes` moved."""
+        with self._lock:
+            return self.changes, list(self._labels.items())
 
     def __len__(self) -> int:
         """How many forms are registered (bounded in watch mode: see retire)."""
@@ -125,22 +134,12 @@ class Redactor:
         return "".join(out)
 
     def _build(self) -> Any:
-        import ahocorasick
-
         with self._lock:
             if self._matcher is not None:
                 return self._matcher
-            by_anchor: dict[str, list[str]] = {}
-            for form in self._labels:
-                by_anchor.setdefault(form[:ANCHOR], []).append(form)
-            automaton = ahocorasick.Automaton()
-            for anchor, forms in by_anchor.items():
-                forms.sort(key=len, reverse=True)
-                automaton.add_word(anchor, (len(anchor), forms))
-            automaton.make_automaton()
-            self._matcher = automaton
+            self._matcher = anchored_automaton(self._labels)
             self.builds += 1
-            return automaton
+            return self._matcher
 
     def __bool__(self) -> bool:  # an empty redactor is still a redactor
         return True
@@ -170,3 +169,20 @@ def _forms(value: Any) -> Iterable[str]:
             yield from _forms(v)
     elif isinstance(value, int | float) and not isinstance(value, bool):
         yield str(value)
+
+
+def anchored_automaton(labels: Iterable[str]) -> Any:
+    """One Aho-Corasick automaton over the first ANCHOR characters of every form; a hit
+    carries (anchor length, the forms that start so, longest first) to confirm in place.
+    Anchors keep the automaton small however long the values are."""
+    import ahocorasick
+
+    by_anchor: dict[str, list[str]] = {}
+    for form in labels:
+        by_anchor.setdefault(form[:ANCHOR], []).append(form)
+    automaton = ahocorasick.Automaton()
+    for anchor, forms in by_anchor.items():
+        forms.sort(key=len, reverse=True)
+        automaton.add_word(anchor, (len(anchor), forms))
+    automaton.make_automaton()
+    return automaton
