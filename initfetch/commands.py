@@ -289,13 +289,21 @@ def cmd_preview(args: argparse.Namespace, env: Mapping[str, str], redactor: Reda
     return 0
 
 
+def _looking(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> Pipeline:
+    """The pipeline of a command that only looks (diff, doctor, scan): PREVIEW mode, so
+    nothing is written, no write-style secret is written, and the leases the reads create
+    are revoked at close."""
+    manifest = load(_manifest_path(args, env), env, Mode.PREVIEW)
+    return Pipeline(manifest, env, redactor, _settings(args, writes=False), Mode.PREVIEW)
+
+
 def cmd_diff(args: argparse.Namespace, env: Mapping[str, str], redactor: Redactor) -> int:
     """What a render would change in OUT_DIR (initfetch.diff): nothing written, leases revoked."""
     from initfetch import diff, preview
 
-    manifest = load(_manifest_path(args, env), env, Mode.PREVIEW)
     out_dir = Path(args.out)
-    with Pipeline(manifest, env, redactor, _settings(args, writes=False), Mode.PREVIEW) as pipeline:
+    with _looking(args, env, redactor) as pipeline:
+        manifest = pipeline.manifest
         result = _run(pipeline)
         resolution = result.resolution
         masked = preview.masked(manifest, resolution, result.rendered, redactor, pipeline.settings.deadline)
@@ -318,8 +326,7 @@ def cmd_doctor(args: argparse.Namespace, env: Mapping[str, str], redactor: Redac
     """Reachability, login and identity, and access to each document, per provider instance."""
     from initfetch import doctor
 
-    manifest = load(_manifest_path(args, env), env, Mode.PREVIEW)
-    with Pipeline(manifest, env, redactor, _settings(args, writes=False), Mode.PREVIEW) as pipeline:
+    with _looking(args, env, redactor) as pipeline:
         table = doctor.run(pipeline)
     doctor.show(sys.stdout, table, redactor)
     code = table.exit_code
@@ -392,9 +399,7 @@ def cmd_scan(args: argparse.Namespace, env: Mapping[str, str], redactor: Redacto
         opts = dataclasses.replace(opts, skip=frozenset({os.path.abspath(out_dir)}))
         log.info("looking for %d value(s) of the render in %s", len(values), out_dir)
     else:
-        manifest = load(_manifest_path(args, env), env, Mode.PREVIEW)
-        # PREVIEW: nothing written, and the leases the reads create are revoked at close.
-        with Pipeline(manifest, env, redactor, _settings(args, writes=False), Mode.PREVIEW) as pipeline:
+        with _looking(args, env, redactor) as pipeline:
             resolution = pipeline.resolve()
         # A default is written in the manifest itself: not a secret to look for.
         values = {n: v for n, v in resolution.values.items() if resolution.info[n].outcome == "ok"}
