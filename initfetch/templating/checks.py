@@ -42,7 +42,7 @@ def check_templates(manifest: Manifest) -> list[Problem]:
         sources.append((source, where, f"env {name}"))
     for source, where, label in sources:
         try:
-            ast = env.parse(source)
+            ast = env.parse_for_render(source)
         except jinja2.TemplateSyntaxError as e:
             at = where or Loc(label, e.lineno or 0)
             prefix = f"{label}: " if where else ""
