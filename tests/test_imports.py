@@ -78,10 +78,15 @@ def test_vault_token_render_imports_no_sdk_at_all(tmp_path: Path) -> None:
     assert (tmp_path / "o" / "a").read_text() == "v"
 
 
-def test_vault_templated_render_imports_jinja_only(tmp_path: Path) -> None:
+def test_vault_templated_render_imports_jinja_only_when_the_template_needs_it(tmp_path: Path) -> None:
+    # Text and {{ secrets.NAME }} only: rendered without Jinja (templating/simple.py).
     manifest = "version: 1\nsecrets:\n  a: vault://secret/app#k\ntemplates:\n  - {src: t.j2, dest: t}\n"
-    assert _vault_run(tmp_path, manifest, {"t.j2": "{{ secrets.a }}"}) == "HEAVY=jinja2"
-    assert (tmp_path / "o" / "t").read_text() == "v"
+    assert _vault_run(tmp_path / "simple", manifest, {"t.j2": "a={{ secrets.a }}\n"}) == "HEAVY="
+    assert (tmp_path / "simple" / "o" / "t").read_text() == "a=v\n"
+    # A filter is Jinja's to run.
+    files = {"t.j2": "a={{ secrets.a | upper }}\n"}
+    assert _vault_run(tmp_path / "filter", manifest, files) == "HEAVY=jinja2"
+    assert (tmp_path / "filter" / "o" / "t").read_text() == "a=V\n"
 
 
 def test_vault_approle_render_imports_hvac_to_log_in(tmp_path: Path) -> None:

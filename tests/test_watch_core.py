@@ -247,6 +247,8 @@ def test_templates_are_compiled_once_and_reused_by_every_refresh(project: Path) 
     """One template and one env value: two compilations in all, whatever the number of refreshes."""
     from initfetch.templating.sandbox import Sandbox
 
+    write(project / "both.j2", "{{ secrets.b | string }}\n")  # a filter: Jinja's (not simple.py's)
+
     compiled: list[str] = []
     real = Sandbox._compile
 
