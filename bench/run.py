@@ -71,7 +71,7 @@ FLOOR = "floor-imports"  # the pseudo-contender that times the imports a run nee
 
 IMPORT_SETS = {
     "interpreter": [],
-    "vault": ["yaml", "jinja2", "hvac"],
+    "vault": ["yaml", "jinja2", "http.client"],  # a token run reads over http.client, without hvac
     "mixed": ["yaml", "jinja2", "hvac", "boto3", "azure.identity", "azure.keyvault.secrets"],
 }
 
@@ -119,8 +119,14 @@ def snapshot(ref: str, dest: Path) -> tuple[str, str]:
 
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(dest)  # our own git archive (3.11.2 has no filter=)
+    return entry_point(dest, dest)
+
+
+def entry_point(source: Path, dest: Path) -> tuple[str, str]:
+    """An entry point in `dest` that imports initfetch from `source`, ahead of the venv's
+    editable install (whose finder would otherwise answer for the checkout it was made from)."""
     prefix = (
-        f"import sys; sys.path.insert(0, {str(dest)!r}); "
+        f"import sys; sys.path.insert(0, {str(source)!r}); "
         "sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, '__name__', '') != '_EditableFinder']\n"
     )
     entry = dest / "initfetch-entry"
@@ -265,7 +271,13 @@ def imports_contender(import_set: str) -> Contender:
 
 
 def contenders_for(
-    w: Workload, b: Backends, work: Path, with_agent: bool, import_set: str, with_sequential: bool = True
+    w: Workload,
+    b: Backends,
+    work: Path,
+    with_agent: bool,
+    import_set: str,
+    with_sequential: bool = True,
+    with_expert: bool = False,
 ) -> list[Contender]:
     d = work / w.name
     manifest = initfetch_files(w, d / "initfetch", b.kv_options)
@@ -289,6 +301,10 @@ def contenders_for(
         out.append(
             Contender("sequential", [PY, str(REPO / "bench" / "sequential.py"), str(spec), str(dest)], dest)
         )
+    if with_expert:
+        spec = sequential_spec(w, d / "expert.json", b.kv_options)
+        dest = d / "out-expert.txt"
+        out.append(Contender("expert", [PY, str(REPO / "bench" / "expert.py"), str(spec), str(dest)], dest))
     out.append(imports_contender(import_set))
     return out
 
@@ -485,7 +501,7 @@ def main() -> None:
         default=0.0,
         help="also added once per new connection, for the TCP/TLS handshakes [0: connections are free]",
     )
-    p.add_argument("--vault-n", type=lambda s: [int(x) for x in s.split(",")], help="[20,100,300,1000]")
+    p.add_argument("--vault-n", type=lambda s: [int(x) for x in s.split(",")], help="[5,20,100,300,1000]")
     p.add_argument("--mixed-n", type=lambda s: [int(x) for x in s.split(",")], help="[60,300]")
     p.add_argument("--large", default="40x32768", help="COUNTxBYTES [40x32768]")
     p.add_argument("--fleet-procs", type=int, help="[50; --quick 10]")
@@ -514,7 +530,7 @@ def main() -> None:
     a = p.parse_args()
 
     runs = a.runs or (3 if a.quick else 5)
-    vault_ns = a.vault_n or ([5, 20] if a.quick else [20, 100, 300, 1000])
+    vault_ns = a.vault_n or ([5, 20] if a.quick else [5, 20, 100, 300, 1000])
     mixed_ns = a.mixed_n or ([15, 30] if a.quick else [60, 300])
     count, size = (int(x) for x in a.large.lower().split("x"))
     fleet_procs = a.fleet_procs or (10 if a.quick else 50)
@@ -529,6 +545,8 @@ def main() -> None:
     if a.source == "worktree":
         commit = git("rev-parse", "--short", "HEAD")
         source = f"the working tree (HEAD {commit})"
+        (work / "src").mkdir()
+        INITFETCH, SOURCE_PREFIX = entry_point(REPO, work / "src")
     else:
         commit = git("rev-parse", "--short", a.source)
         INITFETCH, SOURCE_PREFIX = snapshot(commit, work / "src")
@@ -574,7 +592,7 @@ def main() -> None:
         if "mixed" in only:
             for i, n in enumerate(mixed_ns):
                 w = mixed_workload(n)
-                cs = contenders_for(w, b, work, with_agent=False, import_set="mixed")
+                cs = contenders_for(w, b, work, with_agent=False, import_set="mixed", with_expert=True)
                 scenarios.append(
                     Scenario(
                         f"mixed-{n}",
