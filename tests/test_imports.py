@@ -142,3 +142,23 @@ def test_missing_extra_names_the_pip_extra(tmp_path: Path) -> None:
         [*cmd, "preview", "--offline"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_check_of_simple_templates_imports_no_jinja_and_no_http(tmp_path: Path) -> None:
+    write(tmp_path / "t.j2", "a={{ secrets.a }}\nb={{ secrets.b }}\n")
+    write(
+        tmp_path / "initfetch.yaml",
+        "version: 1\nsecrets:\n  a: vault://secret/app#k\n  b: env://B\n"
+        "templates:\n  - {src: t.j2, dest: t}\n",
+    )
+    probe = PROBE.replace("'tenacity'}", "'tenacity', 'http', 'ssl'}")
+    r = subprocess.run(
+        [sys.executable, "-c", probe, "check"],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY=\n" in r.stdout

@@ -9,9 +9,10 @@ give: text as written (newlines as `\\n`, as Jinja's lexer normalizes them), eac
 value as is.
 
 Anything else goes to Jinja, and so does a render where one of the names is not a
-plain string that can be written as UTF-8 (a map, bytes, a number, an absent optional
-secret, a placeholder of check or preview): Jinja then says what it says today,
-errors included. No Jinja is imported here.
+string that can be written as UTF-8 (a map, bytes, a number, an absent optional
+secret), and every render of a masked preview: Jinja then says what it says today,
+errors included. check's placeholders are strings: a check of such templates loads
+no Jinja either. No Jinja is imported here.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ class SimpleTemplate:
         return set(zip(self.names, self.lines, strict=True))
 
     def renders(self, values: Mapping[str, Any]) -> bool:
-        """Whether every value it names is a plain string that can be written out as UTF-8."""
+        """Whether every value it names is a string that can be written out as UTF-8."""
         for name in set(self.names):
             value = values.get(name)
-            if type(value) is not str or not (value.isascii() or _encodable(value)):
+            # A str subclass too (check's placeholders): Jinja writes out its characters as well.
+            if not isinstance(value, str) or not (value.isascii() or _encodable(value)):
                 return False
         return True
 

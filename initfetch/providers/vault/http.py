@@ -35,6 +35,38 @@ class Rejected(AccessDenied):
     the two apart (client.py); the user sees an access-denied either way."""
 
 
+# What lean.py raises, here so that reads.py and leases.py catch them without importing
+# http.client and ssl (10 ms) when only a provider class is loaded (check, offline preview).
+
+
+class VaultAnswer(Exception):
+    """Vault answered with an error status. `errors`: its JSON `errors` list (None when the
+    body was not Vault's JSON), `json`: the decoded body, as hvac's VaultError has them."""
+
+    def __init__(self, status: int, errors: list[Any] | None, json: Any, retry_after: str | None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.errors = errors
+        self.json = json
+        self.retry_after = retry_after
+
+
+class TransportError(Exception):
+    """No answer: the connection failed, or the answer was not HTTP."""
+
+
+class Unreachable(TransportError):
+    pass
+
+
+class TimedOut(TransportError):
+    pass
+
+
+class TLSFailed(TransportError):
+    """The TLS handshake failed (an untrusted certificate, a wrong name): waiting will not help."""
+
+
 def env_var(environ: Mapping[str, str], name: str) -> tuple[str | None, str]:
     """`VAULT_<name>`, else OpenBao's `BAO_<name>` (its CLI and dev server use those):
     the value and the variable it came from. The VAULT_ name wins when both are set."""
@@ -206,11 +238,9 @@ def _unexpected(e: Exception) -> bool:
 
 def _mapped(e: Exception, status: int | None, retry_after: str | None, call: Call) -> SecretError | None:
     """The SecretError for `e`, or None for an exception that is not a failed call."""
-    from initfetch.providers.vault import lean
-
-    if isinstance(e, lean.VaultAnswer):
+    if isinstance(e, VaultAnswer):
         return _from_status(e, e.status, e.retry_after, call)
-    if isinstance(e, lean.TransportError):
+    if isinstance(e, TransportError):
         return _from_transport(e, call)
     # hvac and requests are loaded only when a login used them: if not, e is not theirs.
     requests = sys.modules.get("requests")
@@ -229,11 +259,9 @@ def _mapped(e: Exception, status: int | None, retry_after: str | None, call: Cal
 
 
 def _from_transport(e: Exception, call: Call) -> SecretError:
-    from initfetch.providers.vault import lean
-
-    if isinstance(e, lean.TLSFailed):  # a trust problem does not fix itself by waiting
+    if isinstance(e, TLSFailed):  # a trust problem does not fix itself by waiting
         return AccessDenied(f"TLS connection to {call.address} failed while {call.what}: {e}")
-    if isinstance(e, lean.TimedOut):
+    if isinstance(e, TimedOut):
         return Unavailable(f"Vault at {call.address} timed out while {call.what}")
     return Unavailable(f"cannot connect to Vault at {call.address} while {call.what}{call.hint}")
 

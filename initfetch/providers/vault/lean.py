@@ -27,40 +27,19 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
-from initfetch.providers.vault.http import Connection
+from initfetch.providers.vault.http import (  # noqa: F401 - the errors are lean.py's, defined there
+    Connection,
+    TimedOut,
+    TLSFailed,
+    TransportError,
+    Unreachable,
+    VaultAnswer,
+)
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 _SAFE = "/-._~!$&'()*+,;=:@"  # what stays as is in a path: the rest is percent-encoded
-
-
-class VaultAnswer(Exception):
-    """Vault answered with an error status. `errors`: its JSON `errors` list (None when the
-    body was not Vault's JSON), `json`: the decoded body, as hvac's VaultError has them."""
-
-    def __init__(self, status: int, errors: list[Any] | None, json: Any, retry_after: str | None) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.errors = errors
-        self.json = json
-        self.retry_after = retry_after
-
-
-class TransportError(Exception):
-    """No answer: the connection failed, or the answer was not HTTP."""
-
-
-class Unreachable(TransportError):
-    pass
-
-
-class TimedOut(TransportError):
-    pass
-
-
-class TLSFailed(TransportError):
-    """The TLS handshake failed (an untrusted certificate, a wrong name): waiting will not help."""
 
 
 @dataclass

@@ -19,8 +19,7 @@ from typing import Any
 from initfetch.errors import LeaseRevoked, NotRenewable
 from initfetch.providers.base import FetchContext, Lease
 from initfetch.providers.vault.client import VaultClient
-from initfetch.providers.vault.http import call_timeout, vault_message
-from initfetch.providers.vault.lean import VaultAnswer
+from initfetch.providers.vault.http import VaultAnswer, call_timeout, vault_message
 
 TOKEN_LEASE_ID = "auth/token/self"  # noqa: S105 - how the token shows up as a Lease; not a real lease id
 

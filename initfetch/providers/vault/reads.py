@@ -18,8 +18,7 @@ from typing import Any
 from initfetch.errors import BadReference, NotFound
 from initfetch.providers.base import Document, Lease
 from initfetch.providers.vault.client import VaultClient
-from initfetch.providers.vault.http import Rejected, not_vault, not_vault_message
-from initfetch.providers.vault.lean import VaultAnswer
+from initfetch.providers.vault.http import Rejected, VaultAnswer, not_vault, not_vault_message
 
 
 @dataclass(frozen=True)
