@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench import watchcpu
 from bench.measure import summary
 
 SDKS = ("hvac", "boto3", "botocore", "azure", "msal")
@@ -17,7 +18,11 @@ def _median_int(values: list[int]) -> int:
 
 
 def build(
-    meta: dict[str, Any], scenarios: list[Any], fleet: dict[str, Any] | None, imports: Any
+    meta: dict[str, Any],
+    scenarios: list[Any],
+    fleet: dict[str, Any] | None,
+    imports: Any,
+    watch: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     delay = meta["delay_ms"] / 1000
     floor_sc = next(s for s in scenarios if s.family == "floor")
@@ -99,6 +104,7 @@ def build(
         "scenarios": out,
         "fleet": fleet_out,
         "imports": imports,
+        "watch": watch,
     }
     data["targets"] = targets(data)
     return data
@@ -149,6 +155,9 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
         f = [m for m in imp["file_only_no_templates"]["imported"] if m in (*SDKS, "jinja2")]
         ok = not f and imp["file_only_no_templates"]["rc"] == 0
         add("file-only run without templates imports no SDK and no Jinja", ", ".join(f) or "none", ok)
+    if data.get("watch"):
+        for name, measured, met in watchcpu.targets(data["watch"]):
+            add(name, measured, met)
     fl = data.get("fleet")
     if fl and "initfetch" in fl["contenders"]:
         c = fl["contenders"]["initfetch"]
@@ -254,6 +263,8 @@ def markdown(data: dict[str, Any]) -> str:
                 f"{c['requests']['median']:.0f} | {c['failed_total']} of {c['processes_total']} | "
                 f"{c['peak_rss_mb']:.1f} |"
             )
+    if data.get("watch"):
+        lines += watchcpu.markdown(data["watch"])
     imp = data.get("imports")
     if imp:
         lines += [

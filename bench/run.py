@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import report, throughput  # noqa: E402
+from bench import report, throughput, watchcpu  # noqa: E402
 from bench.backends import ROUTE_BACKEND, Backends, agent_binary  # noqa: E402
 from bench.measure import Launcher, Run, summary  # noqa: E402
 from bench.workloads import (  # noqa: E402
@@ -515,10 +515,12 @@ def main() -> None:
     )
     p.add_argument(
         "--only",
-        default="vault,mixed,large,fleet,imports,scan,mask",
-        help="families to run [vault,mixed,large,fleet,imports,scan,mask]; scan and mask: "
+        default="vault,mixed,large,fleet,imports,watch,scan,mask",
+        help="families to run [vault,mixed,large,fleet,imports,watch,scan,mask]; scan and mask: "
         "bench/throughput.py, results in throughput.md",
     )
+    p.add_argument("--watch-n", type=int, default=300, help="secrets of the watch family [300]")
+    p.add_argument("--watch-seconds", type=float, help="seconds each watcher is measured [60; --quick 15]")
     p.add_argument("--no-sequential-vault", action="store_true", help="skip the sequential script on vault-N")
     p.add_argument(
         "--source",
@@ -643,6 +645,18 @@ def main() -> None:
             except Exception:
                 errors.append(f"fleet: {traceback.format_exc()}")
                 log(f"fleet broke:\n{traceback.format_exc()}")
+        watch = None
+        if "watch" in only:
+            w = vault_workload(a.watch_n)
+            b.seed(w)
+            seconds = a.watch_seconds or (15.0 if a.quick else 60.0)
+            log(f"watch: {a.watch_n} secrets, refresh 1s then 5m, {seconds:g} s each")
+            try:
+                watch = watchcpu.run(INITFETCH, env, w, work, seconds)
+                log(f"watch: {watch}")
+            except Exception:
+                errors.append(f"watch: {traceback.format_exc()}")
+                log(f"watch broke:\n{traceback.format_exc()}")
         imports = None
         if "imports" in only:
             try:
@@ -670,7 +684,7 @@ def main() -> None:
         "errors": errors,
         "duration_s": round(time.perf_counter() - t_start, 1),
     }
-    data = report.build(meta, scenarios, fleet, imports)
+    data = report.build(meta, scenarios, fleet, imports, watch)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
     md = report.markdown(data)
