@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import report, throughput  # noqa: E402
+from bench import report, throughput, watchcpu  # noqa: E402
 from bench.backends import ROUTE_BACKEND, Backends, agent_binary  # noqa: E402
 from bench.measure import Launcher, Run, summary  # noqa: E402
 from bench.workloads import (  # noqa: E402
@@ -71,7 +71,7 @@ FLOOR = "floor-imports"  # the pseudo-contender that times the imports a run nee
 
 IMPORT_SETS = {
     "interpreter": [],
-    "vault": ["yaml", "jinja2", "hvac"],
+    "vault": ["yaml", "jinja2", "http.client"],  # a token run reads over http.client, without hvac
     "mixed": ["yaml", "jinja2", "hvac", "boto3", "azure.identity", "azure.keyvault.secrets"],
 }
 
@@ -119,8 +119,14 @@ def snapshot(ref: str, dest: Path) -> tuple[str, str]:
 
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(dest)  # our own git archive (3.11.2 has no filter=)
+    return entry_point(dest, dest)
+
+
+def entry_point(source: Path, dest: Path) -> tuple[str, str]:
+    """An entry point in `dest` that imports initfetch from `source`, ahead of the venv's
+    editable install (whose finder would otherwise answer for the checkout it was made from)."""
     prefix = (
-        f"import sys; sys.path.insert(0, {str(dest)!r}); "
+        f"import sys; sys.path.insert(0, {str(source)!r}); "
         "sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, '__name__', '') != '_EditableFinder']\n"
     )
     entry = dest / "initfetch-entry"
@@ -265,7 +271,13 @@ def imports_contender(import_set: str) -> Contender:
 
 
 def contenders_for(
-    w: Workload, b: Backends, work: Path, with_agent: bool, import_set: str, with_sequential: bool = True
+    w: Workload,
+    b: Backends,
+    work: Path,
+    with_agent: bool,
+    import_set: str,
+    with_sequential: bool = True,
+    with_expert: bool = False,
 ) -> list[Contender]:
     d = work / w.name
     manifest = initfetch_files(w, d / "initfetch", b.kv_options)
@@ -289,6 +301,10 @@ def contenders_for(
         out.append(
             Contender("sequential", [PY, str(REPO / "bench" / "sequential.py"), str(spec), str(dest)], dest)
         )
+    if with_expert:
+        spec = sequential_spec(w, d / "expert.json", b.kv_options)
+        dest = d / "out-expert.txt"
+        out.append(Contender("expert", [PY, str(REPO / "bench" / "expert.py"), str(spec), str(dest)], dest))
     out.append(imports_contender(import_set))
     return out
 
@@ -485,7 +501,7 @@ def main() -> None:
         default=0.0,
         help="also added once per new connection, for the TCP/TLS handshakes [0: connections are free]",
     )
-    p.add_argument("--vault-n", type=lambda s: [int(x) for x in s.split(",")], help="[20,100,300,1000]")
+    p.add_argument("--vault-n", type=lambda s: [int(x) for x in s.split(",")], help="[5,20,100,300,1000]")
     p.add_argument("--mixed-n", type=lambda s: [int(x) for x in s.split(",")], help="[60,300]")
     p.add_argument("--large", default="40x32768", help="COUNTxBYTES [40x32768]")
     p.add_argument("--fleet-procs", type=int, help="[50; --quick 10]")
@@ -499,10 +515,12 @@ def main() -> None:
     )
     p.add_argument(
         "--only",
-        default="vault,mixed,large,fleet,imports,scan,mask",
-        help="families to run [vault,mixed,large,fleet,imports,scan,mask]; scan and mask: "
+        default="vault,mixed,large,fleet,imports,watch,scan,mask",
+        help="families to run [vault,mixed,large,fleet,imports,watch,scan,mask]; scan and mask: "
         "bench/throughput.py, results in throughput.md",
     )
+    p.add_argument("--watch-n", type=int, default=300, help="secrets of the watch family [300]")
+    p.add_argument("--watch-seconds", type=float, help="seconds each watcher is measured [60; --quick 15]")
     p.add_argument("--no-sequential-vault", action="store_true", help="skip the sequential script on vault-N")
     p.add_argument(
         "--source",
@@ -514,7 +532,7 @@ def main() -> None:
     a = p.parse_args()
 
     runs = a.runs or (3 if a.quick else 5)
-    vault_ns = a.vault_n or ([5, 20] if a.quick else [20, 100, 300, 1000])
+    vault_ns = a.vault_n or ([5, 20] if a.quick else [5, 20, 100, 300, 1000])
     mixed_ns = a.mixed_n or ([15, 30] if a.quick else [60, 300])
     count, size = (int(x) for x in a.large.lower().split("x"))
     fleet_procs = a.fleet_procs or (10 if a.quick else 50)
@@ -529,6 +547,8 @@ def main() -> None:
     if a.source == "worktree":
         commit = git("rev-parse", "--short", "HEAD")
         source = f"the working tree (HEAD {commit})"
+        (work / "src").mkdir()
+        INITFETCH, SOURCE_PREFIX = entry_point(REPO, work / "src")
     else:
         commit = git("rev-parse", "--short", a.source)
         INITFETCH, SOURCE_PREFIX = snapshot(commit, work / "src")
@@ -574,7 +594,7 @@ def main() -> None:
         if "mixed" in only:
             for i, n in enumerate(mixed_ns):
                 w = mixed_workload(n)
-                cs = contenders_for(w, b, work, with_agent=False, import_set="mixed")
+                cs = contenders_for(w, b, work, with_agent=False, import_set="mixed", with_expert=True)
                 scenarios.append(
                     Scenario(
                         f"mixed-{n}",
@@ -625,6 +645,18 @@ def main() -> None:
             except Exception:
                 errors.append(f"fleet: {traceback.format_exc()}")
                 log(f"fleet broke:\n{traceback.format_exc()}")
+        watch = None
+        if "watch" in only:
+            w = vault_workload(a.watch_n)
+            b.seed(w)
+            seconds = a.watch_seconds or (15.0 if a.quick else 60.0)
+            log(f"watch: {a.watch_n} secrets, refresh 1s then 5m, {seconds:g} s each")
+            try:
+                watch = watchcpu.run(INITFETCH, env, w, work, seconds)
+                log(f"watch: {watch}")
+            except Exception:
+                errors.append(f"watch: {traceback.format_exc()}")
+                log(f"watch broke:\n{traceback.format_exc()}")
         imports = None
         if "imports" in only:
             try:
@@ -652,7 +684,7 @@ def main() -> None:
         "errors": errors,
         "duration_s": round(time.perf_counter() - t_start, 1),
     }
-    data = report.build(meta, scenarios, fleet, imports)
+    data = report.build(meta, scenarios, fleet, imports, watch)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
     md = report.markdown(data)

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from initfetch import __version__
-from initfetch.commands import COMMANDS
 from initfetch.errors import InitfetchError, Terminated
+from initfetch.limits import DEFAULT_CONCURRENCY
 from initfetch.logs import setup as setup_logging
 from initfetch.redact import Redactor
-from initfetch.resolve.resolver import DEFAULT_CONCURRENCY
 
 log = logging.getLogger("initfetch")
 
@@ -473,6 +472,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         # PID 1 ignores SIGTERM unless it handles it: `docker stop` must not wait out the grace period.
         signal.signal(signal.SIGTERM, _terminate)
         args.started = time.monotonic()
+        # Imported once the command is known: `--version` and `--help` never pay for the stages.
+        from initfetch.commands import COMMANDS
+
         code = COMMANDS[args.command](args, env, redactor)
         if sys.stdout is not None:  # None: started with descriptor 1 closed
             sys.stdout.flush()  # a closed pipe must fail here, not in the interpreter's exit

@@ -19,6 +19,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+# Threads for the whole run (`--concurrency`): enough that 300 reads at 20 ms take a
+# handful of round trips. Each instance has its own ceiling on top (`concurrency:`).
+# Here, not in the resolver, so that the command line is built without importing it.
+DEFAULT_CONCURRENCY = 64
+
 KIB = 1024
 MIB = 1024 * KIB
 

@@ -15,7 +15,8 @@ PROBE = """
 import sys
 from initfetch.cli import main
 rc = main(sys.argv[1:])
-watched = {'hvac', 'boto3', 'botocore', 'azure', 'requests', 'jinja2', 'tenacity', 'prometheus_client'}
+watched = {'hvac', 'boto3', 'botocore', 'azure', 'requests', 'urllib3', 'jinja2', 'tenacity',
+           'prometheus_client'}
 heavy = sorted({m.split('.')[0] for m in sys.modules} & watched)
 print('HEAVY=' + ','.join(heavy))
 sys.exit(rc)
@@ -39,12 +40,19 @@ def test_file_env_render_imports_no_sdk(tmp_path: Path) -> None:
     assert "HEAVY=\n" in r.stdout
 
 
-def test_vault_only_render_imports_no_aws_azure_or_tenacity(tmp_path: Path) -> None:
+def _vault_run(tmp_path: Path, manifest: str, files: dict[str, str] | None = None) -> str:
+    """Render `manifest` against the Vault double in a fresh process; the HEAVY= line it printed."""
     from tests.backends.vault_double import TOKEN, start_vault_double
 
-    write(tmp_path / "initfetch.yaml", "version: 1\nsecrets:\n  a: vault://secret/app#k\n")
+    write(tmp_path / "initfetch.yaml", manifest)
+    for name, text in (files or {}).items():
+        write(tmp_path / name, text)
     with start_vault_double() as double:
         double.kv2["secret/app"] = {"k": "v"}
+        double.faults["auth/approle/login"] = (
+            200,
+            {"auth": {"client_token": TOKEN, "lease_duration": 0, "renewable": False, "policies": []}},
+        )
         r = subprocess.run(
             [sys.executable, "-c", PROBE, "render", "-o", str(tmp_path / "o"), "--allow-disk"],
             cwd=tmp_path,
@@ -60,7 +68,37 @@ def test_vault_only_render_imports_no_aws_azure_or_tenacity(tmp_path: Path) -> N
             timeout=60,
         )
     assert r.returncode == 0, r.stderr
-    assert "HEAVY=hvac,requests\n" in r.stdout  # no Jinja (no template), no tenacity (no retry)
+    return next(line for line in r.stdout.splitlines() if line.startswith("HEAVY="))
+
+
+def test_vault_token_render_imports_no_sdk_at_all(tmp_path: Path) -> None:
+    # A ready token: reads go over http.client (providers/vault/lean.py); hvac, requests and
+    # urllib3 are never loaded, nor Jinja (no template) nor tenacity (no retry).
+    manifest = "version: 1\nsecrets:\n  a: vault://secret/app#k\nfiles:\n  - {secret: a, dest: a}\n"
+    assert _vault_run(tmp_path, manifest) == "HEAVY="
+    assert (tmp_path / "o" / "a").read_text() == "v"
+
+
+def test_vault_templated_render_imports_jinja_only_when_the_template_needs_it(tmp_path: Path) -> None:
+    # Text and {{ secrets.NAME }} only: rendered without Jinja (templating/simple.py).
+    manifest = "version: 1\nsecrets:\n  a: vault://secret/app#k\ntemplates:\n  - {src: t.j2, dest: t}\n"
+    assert _vault_run(tmp_path / "simple", manifest, {"t.j2": "a={{ secrets.a }}\n"}) == "HEAVY="
+    assert (tmp_path / "simple" / "o" / "t").read_text() == "a=v\n"
+    # A filter is Jinja's to run.
+    files = {"t.j2": "a={{ secrets.a | upper }}\n"}
+    assert _vault_run(tmp_path / "filter", manifest, files) == "HEAVY=jinja2"
+    assert (tmp_path / "filter" / "o" / "t").read_text() == "a=V\n"
+
+
+def test_vault_approle_render_imports_hvac_to_log_in(tmp_path: Path) -> None:
+    # A login method hvac implements: hvac (and requests under it) log in; the reads still go
+    # through lean.py with the token it got.
+    manifest = (
+        "version: 1\nproviders:\n  vault:\n    type: vault\n    auth: {method: approle, role_id: r, "
+        "secret_id: s}\nsecrets:\n  a: vault://secret/app#k\nfiles:\n  - {secret: a, dest: a}\n"
+    )
+    assert _vault_run(tmp_path, manifest) == "HEAVY=hvac,requests,urllib3"
+    assert (tmp_path / "o" / "a").read_text() == "v"
 
 
 def core_only_path(tmp_path: Path) -> Path:
@@ -105,3 +143,23 @@ def test_missing_extra_names_the_pip_extra(tmp_path: Path) -> None:
         [*cmd, "preview", "--offline"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_check_of_simple_templates_imports_no_jinja_and_no_http(tmp_path: Path) -> None:
+    write(tmp_path / "t.j2", "a={{ secrets.a }}\nb={{ secrets.b }}\n")
+    write(
+        tmp_path / "initfetch.yaml",
+        "version: 1\nsecrets:\n  a: vault://secret/app#k\n  b: env://B\n"
+        "templates:\n  - {src: t.j2, dest: t}\n",
+    )
+    probe = PROBE.replace("'tenacity'}", "'tenacity', 'http', 'ssl'}")
+    r = subprocess.run(
+        [sys.executable, "-c", probe, "check"],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY=\n" in r.stdout

@@ -119,13 +119,13 @@ def test_mount_detection_is_cached_per_mount(seeded: OpenBao) -> None:
     p = vault_provider(seeded)
     seen: list[str] = []
     fetch(p, "vault://secret/kvt/db")  # logs in, builds the session
-    real = p.client.session.request
+    real = p.client.transport.request
 
     def spy(method: str, url: str, *args: object, **kwargs: object) -> object:
         seen.append(urlsplit(url).path)
         return real(method, url, *args, **kwargs)
 
-    p.client.session.request = spy
+    p.client.transport.request = spy
     fetch(p, "vault://secret/kvt/nested")
     fetch(p, "vault://kvt1/app/smtp")
     fetch(p, "vault://kvt1/app/smtp")

@@ -102,7 +102,7 @@ class Spy:
     def __init__(self, p: VaultProvider) -> None:
         self.paths: list[str] = []
         self.logins: list[int] = []
-        session = p.client.session
+        session = p.client.transport
         real_request, real_login = session.request, p.client.auth.login
 
         def request(method: str, url: str, *args: object, **kwargs: object) -> object:

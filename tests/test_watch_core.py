@@ -247,6 +247,8 @@ def test_templates_are_compiled_once_and_reused_by_every_refresh(project: Path) 
     """One template and one env value: two compilations in all, whatever the number of refreshes."""
     from initfetch.templating.sandbox import Sandbox
 
+    write(project / "both.j2", "{{ secrets.b | string }}\n")  # a filter: Jinja's (not simple.py's)
+
     compiled: list[str] = []
     real = Sandbox._compile
 
@@ -280,3 +282,51 @@ def test_a_secret_without_versions_changes_without_a_version_line(
     watcher.cycle()
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "secret a changed: file://src/a\n" in text + "\n" and "version -" not in text
+
+
+def test_secrets_polled_at_one_interval_are_read_in_one_batch(tmp_path: Path) -> None:
+    """The jitter spreads their due times; the first one due brings the others within its
+    width along: one refresh per interval, not one per secret."""
+    names_ = [f"s{i}" for i in range(30)]
+    for n in names_:
+        write(tmp_path / f"src/{n}", f"{n}-v1")
+    secrets = "".join(f"  {n}: file://src/{n}\n" for n in names_)
+    files = "".join(f"  - {{secret: {n}, dest: {n}.txt}}\n" for n in names_)
+    clock = Clock()
+    watcher, _ = start_watcher(
+        tmp_path, f"version: 1\nsecrets:\n{secrets}files:\n{files}", {}, config(10), clock=clock
+    )
+    refreshed: list[int] = []
+    real = watcher.pipeline.resolve
+
+    def counting(names: object = None) -> object:
+        refreshed.append(len(names or []))  # type: ignore[arg-type]
+        return real(names)  # type: ignore[arg-type]
+
+    watcher.pipeline.resolve = counting  # type: ignore[method-assign]
+    for _ in range(5):  # five intervals, waking when the schedule says
+        clock.now = watcher.schedule.next_at()
+        watcher.cycle()
+    assert refreshed == [30] * 5
+
+
+def test_a_refresh_that_changes_nothing_renders_nothing(project: Path) -> None:
+    clock = Clock()
+    watcher, changes = start_watcher(project, MANIFEST, {}, config(1), clock=clock)
+    renders: list[int] = []
+    real = watcher.pipeline.render
+
+    def counting(*args: object, **kwargs: object) -> object:
+        renders.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    watcher.pipeline.render = counting  # type: ignore[method-assign]
+    for _ in range(5):
+        clock.advance(2)
+        watcher.cycle()
+    assert renders == [] and changes == []
+    write(project / "src/b", "b-v2")  # a change still renders and writes
+    clock.advance(2)
+    watcher.cycle()
+    assert renders == [1] and len(changes) == 1
+    assert (project / "out/conf/both.txt").read_text() == "b-v2\n"

@@ -42,12 +42,14 @@ def value(i: int, version: int) -> str:
 
 
 def manifest(tmp_path: Path) -> None:
+    # 50 ms: the secrets of one interval are read in one batch (one refresh per interval, not
+    # one per secret), so 500 refresh cycles in the soak's time need a short interval.
     secrets = "".join(f"  s{i}: vault://secret/soak/{i}#password\n" for i in range(SECRETS))
     files = "".join(f"  - {{secret: s{i}, dest: s{i}}}\n" for i in range(SECRETS))
     write(tmp_path / "all.j2", "".join(f"{i}={{{{ secrets.s{i} }}}}\n" for i in range(SECRETS)))
     write(
         tmp_path / "initfetch.yaml",
-        "version: 1\nproviders:\n  vault: {type: vault, refresh: 100ms}\nsecrets:\n"
+        "version: 1\nproviders:\n  vault: {type: vault, refresh: 50ms}\nsecrets:\n"
         + secrets
         + "templates:\n  - {src: all.j2, dest: all.conf}\nfiles:\n"
         + files,

@@ -20,6 +20,7 @@ from typing import Any
 
 from initfetch import providers
 from initfetch.errors import Problem, ResolveFailed, SecretError, Unavailable, WriteUncertain
+from initfetch.limits import DEFAULT_CONCURRENCY
 from initfetch.logs import audit
 from initfetch.manifest import Manifest, SecretSpec
 from initfetch.observe import NULL, Observer
@@ -35,9 +36,6 @@ from initfetch.resolve.values import check_text, select_key
 log = logging.getLogger("initfetch.resolver")
 
 OPTIONAL_KINDS = {"not-found", "missing-key"}  # what `optional`/`default` may stand in for
-# Threads for the whole run (`--concurrency`): enough that 300 reads at 20 ms take a
-# handful of round trips. Each instance has its own ceiling on top (`concurrency:`).
-DEFAULT_CONCURRENCY = 64
 
 Group = tuple[str, DocKey]  # (provider instance, document): one read
 

@@ -96,8 +96,9 @@ def _call(inst: Provider, docs: list[DocKey], ctx: FetchContext) -> dict[DocKey,
 class _Scheduler:
     """Hands units to worker threads when their instance has room; requeues transient failures.
 
-    One lock and one condition for everything: the work per decision is tiny
-    next to a network round trip.
+    One lock for everything: the work per decision is tiny next to a network round
+    trip. Workers and the waiting caller wait on two conditions of that lock, so an
+    answer wakes one worker (a slot is free), not all of them and the caller.
     """
 
     def __init__(
@@ -117,7 +118,9 @@ class _Scheduler:
             )
         self.delayed: list[tuple[float, int, Unit]] = []  # (not before, tie-break, unit)
         self.open = len(units)
-        self.cond = threading.Condition()
+        lock = threading.RLock()
+        self.cond = threading.Condition(lock)  # workers wait on it for a unit they may start
+        self.finished = threading.Condition(lock)  # the waiter (the caller's thread) waits on this one
         self.observer: Observer = NULL
 
     def wait(self) -> None:
@@ -127,7 +130,7 @@ class _Scheduler:
             while self.open and not self.ctx.stopped and self.ctx.deadline - time.monotonic() > -0.5:
                 left = self.ctx.deadline - time.monotonic() + 0.5
                 # With a stop event, look at it every 0.1 s: a signal cannot notify this condition.
-                self.cond.wait(max(0.01, min(left, 0.1) if stop is not None else left))
+                self.finished.wait(max(0.01, min(left, 0.1) if stop is not None else left))
             self.cond.notify_all()  # workers waiting for a retry see the stop (or the deadline) at once
 
     def work(self, instances: Mapping[str, Provider]) -> None:
@@ -190,7 +193,14 @@ class _Scheduler:
             done = [d for d in got if d not in unit.pending or delay is None]
             self.unresolved[unit.instance] -= sum(unit.counts.get(d, 1) for d in done)
             waiting = self.unresolved[unit.instance]
-            self.cond.notify_all()
+            if self.open == 0:
+                self.finished.notify_all()
+            if self.open == 0 or delay is not None:
+                self.cond.notify_all()  # all done (workers leave), or a new wake time
+            else:
+                # A slot of the instance is free: one waiting worker may take a unit. Not all of
+                # them: with 64 workers, waking every one on every answer costs more than the read.
+                self.cond.notify()
         if answered:
             self.outages.answered(unit.instance)
         if delay is not None and not self.ctx.stopped:

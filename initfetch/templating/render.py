@@ -24,6 +24,7 @@ from initfetch.limits import exceeded, human_size
 from initfetch.manifest import EnvFrom, Manifest, Output, env_var_names
 from initfetch.redact import Redactor, mask
 from initfetch.templating.encoders import TemplateRefused, to_json, to_text
+from initfetch.templating.simple import SimpleTemplate, parse_simple
 
 if TYPE_CHECKING:
     import jinja2
@@ -68,6 +69,7 @@ class Renderer:
         self.hidden = hidden
         self._env: Sandbox | None = None
         self._compiled: dict[str, jinja2.Template] = {}  # env name -> its compiled value
+        self._simple: dict[str, SimpleTemplate | None] = {}  # dest -> its template, if simple
 
     def environment(self) -> Sandbox | None:
         """The template sandbox, made on first use; None when nothing needs Jinja."""
@@ -96,7 +98,7 @@ class Renderer:
         Everything together stays under `manifest.limits.output_size`; rendering stops
         at `deadline` (a time.monotonic() value: what is left of `--timeout`).
         """
-        env = self.environment()
+        env = self.environment() if self._jinja_needed(values) else None
         run = _Run(self, env, {"secrets": dict(values), "meta": dict(meta)}, values)
         stopped: tuple[type[BaseException], ...] = ()
         if env is not None:
@@ -128,6 +130,31 @@ class Renderer:
         if attempt.problems:
             raise BadInput(attempt.problems, headline="templates failed to render")
         return attempt.rendered
+
+    def simple(self, out: Output) -> SimpleTemplate | None:
+        """The output's template if it is only text and `{{ secrets.NAME }}` (simple.py), read
+        once; None for anything Jinja must render (and for a masked preview's render)."""
+        if self.preview or out.src is None:
+            return None
+        if out.dest not in self._simple:
+            try:
+                source: str | None = out.src.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                source = None  # Jinja reports it, with its place
+            self._simple[out.dest] = parse_simple(source) if source is not None else None
+        return self._simple[out.dest]
+
+    def _jinja_needed(self, values: Mapping[str, Any]) -> bool:
+        """Whether this render needs Jinja: `env:` values, or a template simple.py cannot render
+        with these values. When not, Jinja is not even imported."""
+        if self.manifest.env:
+            return True
+        for out in self.manifest.outputs:
+            if out.src is not None:
+                simple = self.simple(out)
+                if simple is None or not simple.renders(values):
+                    return True
+        return False
 
     def compiled(self, name: str, source: str) -> jinja2.Template:
         """An `env:` value's template, compiled once."""
@@ -212,9 +239,15 @@ class _Run:
 
     def _template_file(self, out: Output) -> None:
         env = self.env
-        assert out.src is not None and out.template_name is not None and env is not None
+        assert out.src is not None and out.template_name is not None
+        simple = self.renderer.simple(out)
         try:
-            text = self.budget.collect(env.get_template(out.template_name).generate(self.context))
+            if simple is not None and simple.renders(self.values):
+                pieces: Iterator[str] = simple.pieces(self.values)
+            else:
+                assert env is not None  # attempt() made it: _jinja_needed saw this template
+                pieces = env.get_template(out.template_name).generate(self.context)
+            text = self.budget.collect(pieces)
             self.files[out.dest] = text.encode("utf-8")
         except _OutputTooLarge:
             where = Loc(str(out.src))
@@ -222,6 +255,8 @@ class _Run:
                 out.dest, Problem(where, f"output {out.dest}: {self.budget.message}", ProblemKind.LIMIT)
             )
         except Exception as e:
+            if env is None:
+                raise
             self._fail(out.dest, env.error(e, str(out.src), out.template_name, _source(out.src)))
 
     def env_values(self) -> None:

@@ -209,7 +209,8 @@ class Watcher:
         reads: set[Doc] = set()
         renewals: set[Doc] = set()
         refresh_all, self._refresh_all = self._refresh_all, False
-        for entry in list(self.schedule.entries.values()) if refresh_all else self.schedule.due(now):
+        entries = self.schedule.entries.values() if refresh_all else self.schedule.due(now, ahead=True)
+        for entry in list(entries):
             key = entry.key
             if isinstance(key, Login):
                 self.keeper.login(key, entry.action, now)
@@ -242,8 +243,11 @@ class Watcher:
             values = {k: v for k, v in self.values.items() if k not in names}
             values.update(resolution.values)
             info = {**self.info, **resolution.info}
-            rendered = self.pipeline.render(values, info, deadline)
-            files = {d: b for d, b in rendered.files.items() if self.rendered.files.get(d) != b}
+            if self._unchanged(names, resolution):
+                rendered, files = self.rendered, {}  # same values, same meta: the same render
+            else:
+                rendered = self.pipeline.render(values, info, deadline)
+                files = {d: b for d, b in rendered.files.items() if self.rendered.files.get(d) != b}
             if files:
                 self._write(info, rendered, files)
         except InitfetchError as e:
@@ -279,6 +283,20 @@ class Watcher:
             self.notify(Change(changed_secrets, sorted(files), env, rendered))
         # Only now, after the application was told, may the old credentials go (after the grace).
         self.keeper.retire(replaced, self.clock() + self.config.on_change.revoke_grace)
+        return True
+
+    def _unchanged(self, names: Iterable[str], resolution: Resolution) -> bool:
+        """Whether every re-read secret has the value and the `meta` it had: templates see
+        nothing else, so the render would be the one in place (values are compared first:
+        the steady state of a watcher is a refresh that changes nothing)."""
+        for name in names:
+            if resolution.values.get(name) != self.values.get(name) or (name in resolution.values) != (
+                name in self.values
+            ):
+                return False
+            new, old = resolution.info.get(name), self.info.get(name)
+            if new is None or old is None or new.meta() != old.meta():
+                return False
         return True
 
     def _write(self, info: Mapping[str, Resolved], rendered: Rendered, files: Mapping[str, bytes]) -> None:

@@ -1,8 +1,10 @@
 """One Vault / OpenBao connection: the HTTP session, the login, and each call's
 deadline and error mapping.
 
-The login happens once, lazily, under a lock; a refused login is remembered (it
-will not succeed for the next document either), an unavailable one is retried
+Calls go through lean.py's VaultAPI (http.client, no hvac or requests); hvac is
+imported only to log in with a method other than a ready token, and requests only
+for that or when a proxy is set. The login happens once, lazily, under a lock; a
+refused login is remembered (it will not succeed for the next document either), an unavailable one is retried
 by the core. Each successful login starts a new login generation. Reads
 (reads.py) and lease calls (leases.py) go through `run`, token calls through
 `call`, so every request is bounded by the caller's deadline and every failure
@@ -38,12 +40,15 @@ class VaultClient:
         self.auth: AuthMethod = make_auth(options.get("auth"), environ)
         self.pool_size = pool_size
         self._lock = threading.Lock()
-        # The logged-in hvac client and its login generation, replaced as one tuple so that
+        self._setup = threading.Lock()  # making the transport and the session (never under _lock's wait)
+        self.local = threading.local()  # each thread's call deadline; the last status it saw
+        # The logged-in VaultAPI and its login generation, replaced as one tuple so that
         # relogin.py can read it without the lock (a login holds the lock while it talks to Vault).
         self._current: tuple[Any, int] | None = None
         self._generation = 0  # successful logins so far
         self._dead_token: str | None = None  # the last token Vault stopped accepting (never logged)
         self._session: Any = None
+        self._transport: Any = None
         self._login_error: SecretError | None = None
         self.rejections = Rejections(self)
         self._warn_about_settings(environ)
@@ -76,18 +81,38 @@ class VaultClient:
 
     @property
     def session(self) -> Any:
+        """The requests session hvac logs in through (and every call goes through, behind a proxy)."""
         if self._session is None:
-            with self._lock:
+            with self._setup:
                 if self._session is None:
                     from initfetch.providers.vault.session import make_session
 
-                    self._session = make_session(self.conn, self.pool_size)
+                    session = make_session(self.conn, self.pool_size)
+                    session.local = self.local  # one deadline per thread, whichever transport
+                    self._session = session
         return self._session
+
+    @property
+    def transport(self) -> Any:
+        """What VaultAPI sends with: our own connection pool, or requests behind a proxy."""
+        if self._transport is None:
+            from initfetch.providers.vault import lean
+
+            if lean.proxied():
+                transport: Any = lean.SessionTransport(self.session)
+            else:
+                from initfetch.providers.vault.http import resolved_verify
+
+                transport = lean.DirectTransport(self.conn, resolved_verify(self.conn), self.pool_size)
+            with self._setup:
+                if self._transport is None:
+                    self._transport = transport
+        return self._transport
 
     @contextmanager
     def bound(self, ctx: FetchContext) -> Iterator[Any]:
-        """The logged-in hvac client, every request this thread makes bounded by `ctx`'s deadline."""
-        with call_timeout(self.session, ctx.timeout):
+        """The logged-in VaultAPI, every request this thread makes bounded by `ctx`'s deadline."""
+        with call_timeout(self, ctx.timeout):
             yield self.login()
 
     @contextmanager
@@ -97,27 +122,27 @@ class VaultClient:
             yield client
 
     def run(self, ctx: FetchContext, fn: Callable[[Any], T]) -> T:
-        """`fn(hvac)` with the logged-in client, every request bounded by `ctx`'s deadline.
+        """`fn(api)` with the logged-in client, every request bounded by `ctx`'s deadline.
 
         When Vault rejects a call (401/403), relogin.py finds out whether the token is still
         alive: if it is, the denial is real and raised as it is; if not, a method that can log
         in again does so and `fn` runs once more with the new token, and a token given as is
         raises LoginExpired (for this call and every later one)."""
-        with call_timeout(self.session, ctx.timeout):
-            hvac, generation = self.logged_in()
+        with call_timeout(self, ctx.timeout):
+            api, generation = self.logged_in()
             try:
-                return fn(hvac)
+                return fn(api)
             except Rejected as e:
                 self.rejections.handle(ctx, generation, time.monotonic(), e)
-            hvac, _ = self.logged_in()  # a newer login than the rejected one
-            return fn(hvac)
+            api, _ = self.logged_in()  # a newer login than the rejected one
+            return fn(api)
 
     def login(self) -> Any:
-        """The logged-in hvac client; logs in once, on first use, under a lock."""
+        """The logged-in VaultAPI; logs in once, on first use, under a lock."""
         return self.logged_in()[0]
 
     def logged_in(self) -> tuple[Any, int]:
-        """The logged-in hvac client and its login generation; logs in when there is none."""
+        """The logged-in VaultAPI and its login generation; logs in when there is none."""
         with self._lock:
             return self._current or self._use(self._new_login())
 
@@ -128,28 +153,24 @@ class VaultClient:
         return self._current
 
     def _new_login(self) -> Any:
-        """A newly logged-in hvac client; a refused login is remembered. Under the lock."""
+        """A newly logged-in VaultAPI; a refused login is remembered. Under the lock."""
         if self._login_error is not None:
             raise self._login_error
-        import hvac
+        from initfetch.providers.vault.lean import VaultAPI
 
-        session = self._session
-        client = hvac.Client(
-            url=self.conn.address,
-            namespace=self.conn.namespace,
-            session=session,
-            verify=session.verify,  # the CA variables resolved once (http.py)
-            cert=self.conn.cert,
-        )
+        client = VaultAPI(self.conn, self.transport, self.local)
         try:
             with mapped_errors(
-                session,
+                self,
                 what=self.auth.describe(),
                 address=self.conn.address,
                 scrub=self.auth.secrets(),
                 login=True,
             ):
-                self.auth.login(client)
+                if self.auth.method == "token":
+                    self.auth.login(client)  # a ready token: no request, no hvac
+                else:
+                    client.token = self._hvac_login()
         except Unavailable:
             raise  # retried by the core: log in again next time
         except SecretError as e:
@@ -160,6 +181,21 @@ class VaultClient:
             # at once, without a request, until the file holds a new one (it is read each time).
             raise LoginExpired(self.auth.expired_message())
         return client
+
+    def _hvac_login(self) -> str | None:
+        """Log in through hvac (its login methods), on the requests session; the token it got."""
+        import hvac
+
+        session = self.session
+        client = hvac.Client(
+            url=self.conn.address,
+            namespace=self.conn.namespace,
+            session=session,
+            verify=session.verify,  # the CA variables resolved once (session.py)
+            cert=self.conn.cert,
+        )
+        self.auth.login(client)
+        return getattr(client, "token", None)
 
     @property
     def generation(self) -> int:
@@ -219,7 +255,7 @@ class VaultClient:
         """Failures of the block as SecretErrors naming `what`; Vault's message has the login's
         secrets and `scrub` (a write's parameter values) taken out."""
         return mapped_errors(
-            self.session,
+            self,
             what=what,
             address=self.conn.address,
             scrub=[*self.auth.secrets(), *(scrub or [])],
@@ -228,12 +264,15 @@ class VaultClient:
 
     def deadline_left(self) -> float:
         """What is left of the current call's deadline in this thread."""
-        timeout = getattr(self.session.local, "timeout", None)
+        timeout = getattr(self.local, "timeout", None)
         return timeout() if timeout is not None else 10.0
 
     def close(self) -> None:
         with self._lock:
+            if self._transport is not None:
+                self._transport.close()
             if self._session is not None:
                 self._session.close()
             self._current = None
+            self._transport = None
             self._session = None

@@ -35,9 +35,9 @@ def identity(provider: VaultProvider, ctx: FetchContext) -> Identity:
     """Log in (if not yet) and look the token up."""
     client = provider.client
 
-    def lookup(hvac: Any) -> Any:
+    def lookup(api: Any) -> Any:
         with client.errors("looking up the token (auth/token/lookup-self)"):
-            return hvac.auth.token.lookup_self()
+            return api.get("/v1/auth/token/lookup-self")
 
     rows: Identity = [("method", client.auth.describe())]
     try:
@@ -72,7 +72,7 @@ def diagnose(provider: VaultProvider, doc: DocKey | None, error: SecretError, ct
             return f"{error}: check the path (and ?version) against what Vault holds"
         return str(error)
     try:
-        api, caps, known = provider.client.run(ctx, lambda hvac: _capabilities(provider, hvac, doc.path))
+        api, caps, known = provider.client.run(ctx, lambda vault: _capabilities(provider, vault, doc.path))
     except SecretError:
         return f"{error}: sys/capabilities-self could not say which capability is missing"
     policies = ", ".join(provider.policies) if provider.policies else "its policies"
@@ -88,15 +88,15 @@ def diagnose(provider: VaultProvider, doc: DocKey | None, error: SecretError, ct
     return f"the token ({policies}) may not read {api} ({granted}): add {stanza} to one of its policies"
 
 
-def _capabilities(provider: VaultProvider, hvac: Any, path: str) -> tuple[str, list[str], bool]:
+def _capabilities(provider: VaultProvider, vault: Any, path: str) -> tuple[str, list[str], bool]:
     """The API path a read of `path` uses, what the token's policies grant on it, and whether
     the mount (so the API path) is known."""
-    mount = provider.mounts.for_path(hvac, path)
+    mount = provider.mounts.for_path(vault, path)
     api = path
     if mount is not None and mount.type == "kv" and mount.kv_version == 2:
         api = f"{mount.path}data/{path[len(mount.path) :]}"
     with provider.client.errors(f"asking sys/capabilities-self about {api}"):
-        response = hvac.adapter.post("/v1/sys/capabilities-self", json={"paths": [api]})
+        response = vault.post("/v1/sys/capabilities-self", json={"paths": [api]})
     data = response.get("data", response) if isinstance(response, dict) else {}
     caps = data.get(api, data.get("capabilities")) if isinstance(data, dict) else None
     return api, [str(c) for c in caps] if isinstance(caps, list) else [], mount is not None

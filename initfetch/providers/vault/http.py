@@ -1,14 +1,17 @@
-"""The HTTP layer under hvac: TLS settings, a per-call deadline, hvac errors -> SecretErrors.
+"""What every Vault call shares: where and how to connect, a per-call deadline, and
+failures -> SecretErrors (lean.py's, and hvac's and requests' for a login through hvac).
 
 hvac reads VAULT_CACERT & co. when it is imported, so nothing here relies on
-that: verify, cert and the TLS server name are set on our own requests session
-and handed to hvac explicitly. hvac never retries and our adapters use
-`max_retries=0`, so one call is one HTTP attempt; the core does the retrying.
+that: verify, cert and the TLS server name are resolved here and handed to our
+transports and to hvac explicitly. Nothing retries below the core: one call is
+one HTTP attempt (lean.py replaces a kept connection the server had closed).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +33,43 @@ class Rejected(AccessDenied):
     """Vault answered 401/403 to a call made with our token: a policy that does not allow it, or
     a token Vault no longer accepts (revoked, expired, forgotten by a restart). The client tells
     the two apart (client.py); the user sees an access-denied either way."""
+
+
+# What lean.py raises, here so that reads.py and leases.py catch them without importing
+# http.client and ssl (10 ms) when only a provider class is loaded (check, offline preview).
+
+
+class VaultAnswer(Exception):
+    """Vault answered with an error status. `errors`: its JSON `errors` list (None when the
+    body was not Vault's JSON), `json`: the decoded body, as hvac's VaultError has them."""
+
+    def __init__(self, status: int, errors: list[Any] | None, json: Any, retry_after: str | None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.errors = errors
+        self.json = json
+        self.retry_after = retry_after
+
+
+class TransportError(Exception):
+    """No answer: the connection failed, or the answer was not HTTP. `sent`: whether the
+    request may have reached the server (False when no connection or TLS session was made)."""
+
+    def __init__(self, message: str, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class Unreachable(TransportError):
+    pass
+
+
+class TimedOut(TransportError):
+    pass
+
+
+class TLSFailed(TransportError):
+    """The TLS handshake failed (an untrusted certificate, a wrong name): waiting will not help."""
 
 
 def env_var(environ: Mapping[str, str], name: str) -> tuple[str | None, str]:
@@ -127,15 +167,25 @@ class Connection:
         return self.client_cert
 
 
+def resolved_verify(conn: Connection) -> bool | str:
+    """What to verify Vault's certificate with: the connection's CA, else the CA bundle variables
+    requests honours (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE), else requests' default."""
+    verify = conn.verify
+    if verify is True:
+        return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    return verify
+
+
 @contextmanager
-def call_timeout(session: Any, timeout: Callable[[], float]) -> Iterator[None]:
-    """Bound every HTTP call this thread makes inside the block by `timeout()`, asked per call."""
-    previous = getattr(session.local, "timeout", None)
-    session.local.timeout = timeout
+def call_timeout(holder: Any, timeout: Callable[[], float]) -> Iterator[None]:
+    """Bound every HTTP call this thread makes inside the block by `timeout()`, asked per call.
+    `holder.local` is the thread-local the transports read it from."""
+    previous = getattr(holder.local, "timeout", None)
+    holder.local.timeout = timeout
     try:
         yield
     finally:
-        session.local.timeout = previous
+        holder.local.timeout = previous
 
 
 _NOISE = re.compile(r"\d+ errors? occurred:|\s*\*\s*")
@@ -153,76 +203,126 @@ def vault_message(e: BaseException, scrub: list[str]) -> str:
     return text[:300]
 
 
+@dataclass(frozen=True)
+class Call:
+    """What one mapped call is, for its messages: `what` names it ("reading secret/data/app")."""
+
+    what: str
+    address: str
+    scrub: list[str]
+    login: bool = False
+    hint: str = ""
+
+
 @contextmanager
 def mapped_errors(
-    session: Any, *, what: str, address: str, scrub: list[str], login: bool = False, hint: str = ""
+    holder: Any, *, what: str, address: str, scrub: list[str], login: bool = False, hint: str = ""
 ) -> Iterator[None]:
-    """Turn hvac/requests failures of one call into SecretErrors.
+    """Turn failures of one call (lean.py's, hvac's and requests') into SecretErrors.
 
-    `what` names the call for messages ("reading secret/data/app"). Transient
-    ones (connection, timeout, 429, 5xx, sealed) become Unavailable; a refused
-    login (400/401/403) is AccessDenied.
+    Transient ones (connection, timeout, 429, 5xx, sealed) become Unavailable; a refused
+    login (400/401/403) is AccessDenied. `holder.local` holds the call's HTTP status.
     """
-    import hvac.exceptions as hx
-    import requests
-
     try:
         yield
     except SecretError:
         raise
-    except requests.exceptions.SSLError as e:
-        # A trust problem does not fix itself by waiting: fail at once.
-        reason = e.args[0].reason if e.args and hasattr(e.args[0], "reason") else e
-        raise AccessDenied(f"TLS connection to {address} failed while {what}: {reason}") from None
-    except requests.exceptions.Timeout:
-        raise Unavailable(f"Vault at {address} timed out while {what}") from None
-    except requests.exceptions.ConnectionError:
-        raise Unavailable(f"cannot connect to Vault at {address} while {what}{hint}") from None
-    except requests.exceptions.RequestException as e:
-        raise Unavailable(
-            f"HTTP error from Vault at {address} while {what}: {e.__class__.__name__}"
-        ) from None
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except Exception as e:
+        call = Call(what, address, scrub, login, hint)
+        mapped = _mapped(
+            e, getattr(holder.local, "status", None), getattr(holder.local, "retry_after", None), call
+        )
+        if mapped is None:
+            raise
+        raise mapped from (e if isinstance(mapped, Unavailable) and _unexpected(e) else None)
+
+
+def _unexpected(e: Exception) -> bool:
+    return isinstance(e, ValueError | KeyError | TypeError | AttributeError)
+
+
+def _mapped(e: Exception, status: int | None, retry_after: str | None, call: Call) -> SecretError | None:
+    """The SecretError for `e`, or None for an exception that is not a failed call."""
+    if isinstance(e, VaultAnswer):
+        return _from_status(e, e.status, e.retry_after, call)
+    if isinstance(e, TransportError):
+        return _from_transport(e, call)
+    # hvac and requests are loaded only when a login used them: if not, e is not theirs.
+    requests = sys.modules.get("requests")
+    if requests is not None and isinstance(e, requests.exceptions.RequestException):
+        return _from_requests(e, requests, call)
+    if _unexpected(e):
         # hvac choking on a body that is not Vault's (a proxy's page, a JSON string): not a Vault answer.
-        status = getattr(session.local, "status", None)
-        message = f"unexpected response from {address} ({status or 'no status'}) while {what}"
+        message = f"unexpected response from {call.address} ({status or 'no status'}) while {call.what}"
         if status is not None and 400 <= status < 500 and status not in (408, 412, 429):
-            raise BadReference(message) from None
-        raise Unavailable(message) from e
-    except hx.VaultError as e:
-        raise _from_vault(e, session, what=what, address=address, scrub=scrub, login=login) from None
+            return BadReference(message)
+        return Unavailable(message)
+    hvac_exceptions = sys.modules.get("hvac.exceptions")
+    if hvac_exceptions is not None and isinstance(e, hvac_exceptions.VaultError):
+        return _from_status(e, _hvac_status(e, hvac_exceptions, status), retry_after, call)
+    return None
 
 
-def _from_vault(
-    e: Any, session: Any, *, what: str, address: str, scrub: list[str], login: bool
-) -> SecretError:
-    """The SecretError for an error answer from Vault (hvac's VaultError), by status."""
-    import hvac.exceptions as hx
+def _from_transport(e: Exception, call: Call) -> SecretError:
+    if isinstance(e, TLSFailed):  # a trust problem does not fix itself by waiting
+        return AccessDenied(f"TLS connection to {call.address} failed while {call.what}: {e}")
+    if isinstance(e, TimedOut):
+        return Unavailable(f"Vault at {call.address} timed out while {call.what}")
+    return Unavailable(f"cannot connect to Vault at {call.address} while {call.what}{call.hint}")
 
-    status = getattr(session.local, "status", None)
-    detail = vault_message(e, scrub)
+
+def _from_requests(e: Exception, requests: Any, call: Call) -> SecretError:
+    if isinstance(e, requests.exceptions.SSLError):
+        reason = e.args[0].reason if e.args and hasattr(e.args[0], "reason") else e
+        return AccessDenied(f"TLS connection to {call.address} failed while {call.what}: {reason}")
+    if isinstance(e, requests.exceptions.Timeout):
+        return Unavailable(f"Vault at {call.address} timed out while {call.what}")
+    if isinstance(e, requests.exceptions.ConnectionError):
+        return Unavailable(f"cannot connect to Vault at {call.address} while {call.what}{call.hint}")
+    return Unavailable(f"HTTP error from Vault at {call.address} while {call.what}: {e.__class__.__name__}")
+
+
+# hvac's exception classes by the status they stand for (UnexpectedError: any other).
+_HVAC_STATUS = {
+    "InvalidRequest": 400,
+    "Unauthorized": 401,
+    "Forbidden": 403,
+    "InvalidPath": 404,
+    "RateLimitExceeded": 429,
+    "InternalServerError": 500,
+    "VaultNotInitialized": 501,
+    "BadGateway": 502,
+    "VaultDown": 503,
+}
+
+
+def _hvac_status(e: Exception, hx: Any, status: int | None) -> int | None:
+    for name, code in _HVAC_STATUS.items():
+        if isinstance(e, getattr(hx, name)):
+            return code
+    return status
+
+
+def _from_status(e: Any, status: int | None, retry_after: str | None, call: Call) -> SecretError:
+    """The SecretError for an error answer from Vault, by its status."""
+    what, address = call.what, call.address
+    detail = vault_message(e, call.scrub)
     suffix = f": {detail}" if detail and detail != "permission denied" else ""
-    retry_after = retry_after_seconds(getattr(session.local, "retry_after", None))
-    if isinstance(e, hx.RateLimitExceeded):
+    after = retry_after_seconds(retry_after)
+    if status == 429:
+        return Unavailable(f"Vault rate limit (429) while {what}{suffix}", throttled=True, retry_after=after)
+    if status == 503:
         return Unavailable(
-            f"Vault rate limit (429) while {what}{suffix}", throttled=True, retry_after=retry_after
+            f"Vault is sealed or in standby (503) while {what}{suffix}", throttled=True, retry_after=after
         )
-    if isinstance(e, hx.VaultDown):
-        return Unavailable(
-            f"Vault is sealed or in standby (503) while {what}{suffix}",
-            throttled=True,
-            retry_after=retry_after,
-        )
-    if isinstance(e, hx.InternalServerError | hx.BadGateway | hx.VaultNotInitialized) or (
-        isinstance(e, hx.UnexpectedError) and status is not None and (status >= 500 or status in (408, 412))
-    ):
-        return Unavailable(f"Vault answered {status or 'a server error'} while {what}{suffix}")
-    if isinstance(e, hx.Forbidden | hx.Unauthorized):
+    if status is not None and (status >= 500 or status in (408, 412)):
+        return Unavailable(f"Vault answered {status} while {what}{suffix}")
+    if status in (401, 403):
         # A refused login is not a rejected token: there is no token yet to check.
-        return (AccessDenied if login else Rejected)(f"permission denied {what}{suffix}")
-    if login:
+        return (AccessDenied if call.login else Rejected)(f"permission denied {what}{suffix}")
+    if call.login:
         return AccessDenied(f"{what} was refused{suffix}")
-    if isinstance(e, hx.InvalidPath):
+    if status == 404:
         if not_vault(e):
             return BadReference(not_vault_message(address, status))
         return NotFound(f"nothing found {what}{suffix}")

@@ -19,7 +19,7 @@ from typing import Any
 from initfetch.errors import LeaseRevoked, NotRenewable
 from initfetch.providers.base import FetchContext, Lease
 from initfetch.providers.vault.client import VaultClient
-from initfetch.providers.vault.http import call_timeout, vault_message
+from initfetch.providers.vault.http import VaultAnswer, call_timeout, vault_message
 
 TOKEN_LEASE_ID = "auth/token/self"  # noqa: S105 - how the token shows up as a Lease; not a real lease id
 
@@ -32,9 +32,11 @@ GONE = ("lease not found", "lease expired", "invalid lease")
 def renew(client: VaultClient, lease: Lease, ctx: FetchContext) -> Lease:
     """Ask for the lease's first duration again; Vault may grant less (max TTL)."""
 
-    def call(hvac: Any) -> Any:
+    def call(api: Any) -> Any:
         with client.errors(f"renewing lease {lease.id}"), _gone(lease.id):
-            return hvac.sys.renew_lease(lease_id=lease.id, increment=lease.duration or None)
+            return api.put(
+                "/v1/sys/leases/renew", json={"lease_id": lease.id, "increment": lease.duration or None}
+            )
 
     response = client.run(ctx, call)
     data = response if isinstance(response, dict) else {}
@@ -46,9 +48,9 @@ def renew(client: VaultClient, lease: Lease, ctx: FetchContext) -> Lease:
 
 
 def revoke(client: VaultClient, lease_id: str, ctx: FetchContext) -> None:
-    def call(hvac: Any) -> None:
+    def call(api: Any) -> None:
         with client.errors(f"revoking lease {lease_id}"), _gone(lease_id):
-            hvac.sys.revoke_lease(lease_id=lease_id)
+            api.put("/v1/sys/leases/revoke", json={"lease_id": lease_id})
 
     client.run(ctx, call)
 
@@ -59,13 +61,13 @@ def revoke_certificate(client: VaultClient, lease_id: str, ctx: FetchContext) ->
 
     mount, serial = parse_lease_id(lease_id)
 
-    def call(hvac: Any) -> None:
-        import hvac.exceptions as hx
-
+    def call(api: Any) -> None:
         with client.errors(f"revoking certificate {serial}"):
             try:
-                hvac.adapter.post(f"/v1/{mount}/revoke", json={"serial_number": serial})
-            except hx.InvalidRequest:  # expired (nothing to revoke) or unknown to the mount
+                api.post(f"/v1/{mount}/revoke", json={"serial_number": serial})
+            except VaultAnswer as e:
+                if e.status != 400:  # 400: expired (nothing to revoke) or unknown to the mount
+                    raise
                 raise LeaseRevoked(f"the certificate {serial} has expired or is unknown") from None
 
     client.run(ctx, call)
@@ -74,11 +76,11 @@ def revoke_certificate(client: VaultClient, lease_id: str, ctx: FetchContext) ->
 @contextmanager
 def _gone(lease_id: str) -> Iterator[None]:
     """Vault's 400 for a lease it no longer holds -> LeaseRevoked (the secret must be read anew)."""
-    import hvac.exceptions as hx
-
     try:
         yield
-    except hx.InvalidRequest as e:
+    except VaultAnswer as e:
+        if e.status != 400:
+            raise
         text = vault_message(e, []).lower()
         if any(gone in text for gone in GONE):
             raise LeaseRevoked(f"the lease {lease_id} was revoked or has expired") from None
@@ -89,8 +91,8 @@ def _gone(lease_id: str) -> Iterator[None]:
 
 def token(client: VaultClient, ctx: FetchContext) -> Lease | None:
     """The login token as a lease, or None when it never expires (a root or periodic-less token)."""
-    with client.call(ctx, "looking up the token") as hvac:
-        response = hvac.auth.token.lookup_self()
+    with client.call(ctx, "looking up the token") as api:
+        response = api.get("/v1/auth/token/lookup-self")
     data = response.get("data") if isinstance(response, dict) else None
     if not isinstance(data, dict) or not int(data.get("ttl") or 0):
         return None
@@ -102,12 +104,14 @@ def renew_token(client: VaultClient, increment: int, ctx: FetchContext) -> Lease
     goes through the client's rejection check, so a dead one is named once as LoginExpired; a
     login method's refused token is left to the caller, which logs in again."""
 
-    def call(hvac: Any) -> Any:
+    def call(api: Any) -> Any:
         with client.errors("renewing the token"):
-            return hvac.auth.token.renew_self(increment=f"{increment}s" if increment else None)
+            return api.post(
+                "/v1/auth/token/renew-self", json={"increment": f"{increment}s"} if increment else {}
+            )
 
     if client.auth.can_login_again:
-        with call_timeout(client.session, ctx.timeout):
+        with call_timeout(client, ctx.timeout):
             response = call(client.login())
     else:
         response = client.run(ctx, call)
@@ -118,5 +122,5 @@ def renew_token(client: VaultClient, increment: int, ctx: FetchContext) -> Lease
 
 def revoke_token(client: VaultClient, ctx: FetchContext) -> None:
     """Revoke the login token (and with it, in Vault, every lease it created)."""
-    with client.call(ctx, "revoking the token") as hvac:
-        hvac.auth.token.revoke_self()
+    with client.call(ctx, "revoking the token") as api:
+        api.post("/v1/auth/token/revoke-self")

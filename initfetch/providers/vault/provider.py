@@ -101,18 +101,18 @@ class VaultProvider(Provider):
                 self.certs.add(document.lease.id)
             return document
         # Through `run`: a read rejected for a dead token is made again after a new login.
-        return self.client.run(ctx, lambda hvac: self._read(hvac, doc))
+        return self.client.run(ctx, lambda api: self._read(api, doc))
 
-    def _read(self, hvac: Any, doc: DocKey) -> Document:
-        mount = self.mounts.for_path(hvac, doc.path)
+    def _read(self, api: Any, doc: DocKey) -> Document:
+        mount = self.mounts.for_path(api, doc.path)
         version = doc.param("version")
         if mount is not None and mount.type == "kv" and mount.kv_version == 2:
-            return read_kv2(self.client, hvac, mount, doc.path, version)
+            return read_kv2(self.client, api, mount, doc.path, version)
         if version is not None:
             kind = f"a KV v{mount.kv_version}" if mount and mount.type == "kv" else "not a KV v2"
             where = mount.path if mount else doc.path
             raise BadReference(f"?version needs a KV v2 mount; {where} is {kind} mount")
-        return read_plain(self.client, hvac, mount, doc.path)
+        return read_plain(self.client, api, mount, doc.path)
 
     # --- leases and the login token ---
 

@@ -18,7 +18,7 @@ from typing import Any
 from initfetch.errors import BadReference, NotFound
 from initfetch.providers.base import Document, Lease
 from initfetch.providers.vault.client import VaultClient
-from initfetch.providers.vault.http import Rejected, not_vault, not_vault_message
+from initfetch.providers.vault.http import Rejected, VaultAnswer, not_vault, not_vault_message
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Mounts:
         self._mounts: dict[str, Mount] = {}
         self._lookups: dict[str, threading.Event] = {}  # by the path's first segment
 
-    def for_path(self, hvac: Any, path: str) -> Mount | None:
+    def for_path(self, api: Any, path: str) -> Mount | None:
         """The mount serving `path`; None when that endpoint denies us (no access anywhere in
         the mount, or no mount there): the path is then read as it is and its own error speaks."""
         cached = self._cached(path)
@@ -61,9 +61,9 @@ class Mounts:
             cached = self._cached(path)
             if cached is not None:
                 return cached
-            return self._lookup(hvac, path)  # a deeper mount, or that lookup failed
+            return self._lookup(api, path)  # a deeper mount, or that lookup failed
         try:
-            return self._lookup(hvac, path)
+            return self._lookup(api, path)
         finally:
             with self._lock:  # the mount is cached (or the lookup failed) before waiters wake
                 self._lookups.pop(first).set()
@@ -72,18 +72,16 @@ class Mounts:
         cached = [m for p, m in list(self._mounts.items()) if path.startswith(p)]  # other threads add
         return max(cached, key=lambda m: len(m.path)) if cached else None
 
-    def _lookup(self, hvac: Any, path: str) -> Mount | None:
-        import hvac.exceptions as hx
-
+    def _lookup(self, api: Any, path: str) -> Mount | None:
         with self.client.errors(f"detecting the secrets engine of {path}"):
             try:
-                response = hvac.adapter.get(f"/v1/sys/internal/ui/mounts/{path}")
-            except hx.InvalidPath as e:
-                if not_vault(e):  # any web server answers 404 to this: say so, not "not found"
+                response = api.get(f"/v1/sys/internal/ui/mounts/{path}")
+            except VaultAnswer as e:
+                if e.status == 404 and not_vault(e):  # any web server answers 404: say so, not "not found"
                     raise BadReference(not_vault_message(self.client.conn.address, 404)) from None
-                return None
-            except hx.Forbidden:
-                return None
+                if e.status in (403, 404):
+                    return None
+                raise
         data = response.get("data") if isinstance(response, dict) else None
         if not isinstance(data, dict) or not isinstance(data.get("path"), str):
             return None
@@ -97,9 +95,7 @@ class Mounts:
         return mount
 
 
-def read_kv2(client: VaultClient, hvac: Any, mount: Mount, path: str, version: str | None) -> Document:
-    import hvac.exceptions as hx
-
+def read_kv2(client: VaultClient, api: Any, mount: Mount, path: str, version: str | None) -> Document:
     relative = path[len(mount.path) :]
     if not relative:
         raise BadReference(f"{path} is the KV v2 mount itself, not a secret under it")
@@ -107,13 +103,10 @@ def read_kv2(client: VaultClient, hvac: Any, mount: Mount, path: str, version: s
     wanted = f"version {version} of {path}" if version else path
     with client.errors(f"reading {api_path}"):
         try:
-            response = hvac.secrets.kv.v2.read_secret_version(
-                path=relative,
-                version=int(version) if version else None,
-                mount_point=mount.path.rstrip("/"),
-                raise_on_deleted_version=True,
-            )
-        except hx.InvalidPath as e:
+            response = api.get(f"/v1/{api_path}", params={"version": int(version)} if version else None)
+        except VaultAnswer as e:
+            if e.status != 404:
+                raise
             raise _kv2_not_found(e, path, version) from None
     data = response.get("data") if isinstance(response, dict) else None
     if not isinstance(data, dict) or not isinstance(data.get("data"), dict):
@@ -131,14 +124,14 @@ def read_kv2(client: VaultClient, hvac: Any, mount: Mount, path: str, version: s
     )
 
 
-def read_plain(client: VaultClient, hvac: Any, mount: Mount | None, path: str) -> Document:
-    import hvac.exceptions as hx
-
+def read_plain(client: VaultClient, api: Any, mount: Mount | None, path: str) -> Document:
     try:
         with client.errors(f"reading {path}"):
             try:
-                response = hvac.adapter.get(f"/v1/{path}")
-            except hx.InvalidPath as e:
+                response = api.get(f"/v1/{path}")
+            except VaultAnswer as e:
+                if e.status != 404:
+                    raise
                 if not_vault(e):
                     raise BadReference(not_vault_message(client.conn.address, 404)) from None
                 hint = " (no secrets engine is mounted there)" if _no_route(e) else ""
@@ -196,7 +189,7 @@ def _no_route(e: Any) -> bool:
 
 
 def _plain_text(response: Any) -> str | None:
-    """The body of a 200 answer that is not JSON (hvac returns the raw response for those)."""
+    """The body of a 200 answer that is not JSON (an Answer, as hvac returns the raw response)."""
     if isinstance(response, dict) or getattr(response, "status_code", None) != 200:
         return None
     text = getattr(response, "text", "")

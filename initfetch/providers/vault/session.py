@@ -1,18 +1,17 @@
 """The requests session under hvac: TLS settings resolved once, a per-call timeout from
 the caller's deadline, and requests' machinery bypassed where it only costs CPU
-(transport.py). Imported only when a Vault instance makes its first call: it
-imports requests."""
+(transport.py). Imported only when hvac logs in (a method other than a ready token)
+or a proxy is set: it imports requests. Every other call goes through lean.py."""
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from initfetch.providers.vault.http import Connection
+from initfetch.providers.vault.http import Connection, resolved_verify
 from initfetch.providers.vault.transport import DirectTransport
 
 # The keyword arguments hvac passes to Session.request that the direct transport honours
@@ -87,12 +86,3 @@ def make_session(conn: Connection, pool_size: int = 10) -> DeadlineSession:
     if not session.proxies:  # through a proxy, requests does it all
         session.direct = DirectTransport(session.verify, conn.cert, conn.tls_server_name, pool_size)
     return session
-
-
-def resolved_verify(conn: Connection) -> bool | str:
-    """What to verify Vault's certificate with: the connection's CA, else the CA bundle variables
-    requests honours (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE), else requests' default."""
-    verify = conn.verify
-    if verify is True:
-        return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    return verify

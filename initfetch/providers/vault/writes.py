@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,7 +30,7 @@ from initfetch.errors import BadReference, NotFound, WriteUncertain
 from initfetch.providers.base import Document, FetchContext, Lease
 from initfetch.providers.vault import certs
 from initfetch.providers.vault.client import VaultClient
-from initfetch.providers.vault.http import not_vault, not_vault_message
+from initfetch.providers.vault.http import TransportError, VaultAnswer, not_vault, not_vault_message
 from initfetch.providers.vault.reads import Mounts
 from initfetch.reference import DocKey, FromFile, Write
 
@@ -41,9 +42,9 @@ def write(client: VaultClient, mounts: Mounts, doc: DocKey, ctx: FetchContext) -
     assert doc.write is not None
     body = parameters(doc.write, ctx.max_size)
 
-    def call(hvac: Any) -> Document:
-        mount = mounts.for_path(hvac, doc.path)  # a read: safe to repeat before the write
-        response = _post(client, hvac, doc.path, body)
+    def call(api: Any) -> Document:
+        mount = mounts.for_path(api, doc.path)  # a read: safe to repeat before the write
+        response = _post(client, api, doc.path, body)
         return _document(response, doc, mount.path if mount else None, mount.type if mount else None)
 
     # Through `run`: a write Vault rejected (401/403) had no effect, so after a new login
@@ -74,15 +75,15 @@ def _from_file(name: str, value: FromFile, max_size: int) -> str:
         raise NotFound(f"write parameter {name}: {value.path} is not UTF-8 text") from None
 
 
-def _post(client: VaultClient, hvac: Any, path: str, body: dict[str, str]) -> Any:
-    import hvac.exceptions as hx
-
+def _post(client: VaultClient, api: Any, path: str, body: dict[str, str]) -> Any:
     # Vault's errors may quote a parameter ("common name x not allowed"): none is shown.
     scrub = [v for v in body.values() if len(v) >= 4 and v not in ("true", "false")]
     with client.errors(f"writing {path}", scrub=sorted(scrub, key=len, reverse=True)), _once(path):
         try:
-            return hvac.adapter.post(f"/v1/{path}", json=body)
-        except hx.InvalidPath as e:
+            return api.write(f"/v1/{path}", json=body)
+        except VaultAnswer as e:
+            if e.status != 404:
+                raise
             if not_vault(e):
                 raise BadReference(not_vault_message(client.conn.address, 404)) from None
             raise NotFound(f"no write endpoint at {path} (no secrets engine, role or key there?)") from None
@@ -91,22 +92,33 @@ def _post(client: VaultClient, hvac: Any, path: str, body: dict[str, str]) -> An
 @contextmanager
 def _once(path: str) -> Iterator[None]:
     """A failure after the request may have reached Vault -> WriteUncertain (never retried)."""
-    import hvac.exceptions as hx
-    import requests
-
     try:
         yield
-    except requests.exceptions.RequestException as e:
+    except VaultAnswer as e:
+        # 503 is sealed or standby and 501 not initialized: refused before any effect.
+        if e.status >= 500 and e.status not in (501, 503):
+            raise WriteUncertain(
+                f"Vault answered with a server error to the write to {path}: {UNCERTAIN}"
+            ) from e
+        raise
+    except Exception as e:
         if not_sent(e):
             raise  # mapped to Unavailable: nothing reached Vault, the resolver may try again
-        raise WriteUncertain(f"no answer to the write to {path} ({type(e).__name__}): {UNCERTAIN}") from None
-    except (hx.InternalServerError, hx.BadGateway, hx.UnexpectedError) as e:
-        raise WriteUncertain(f"Vault answered with a server error to the write to {path}: {UNCERTAIN}") from e
+        if isinstance(e, TransportError) or _requests_failure(e):
+            raise WriteUncertain(
+                f"no answer to the write to {path} ({type(e).__name__}): {UNCERTAIN}"
+            ) from None
+        raise
 
 
 def not_sent(e: BaseException) -> bool:
-    """Whether a requests failure happened before the request could reach the server: no
-    connection (refused, unreachable, connect timeout) or no TLS session."""
+    """Whether a failure happened before the request could reach the server: no connection
+    (refused, unreachable, connect timeout) or no TLS session. Our transport says so itself;
+    behind a proxy the failure is requests'."""
+    if isinstance(e, TransportError):
+        return not e.sent
+    if not _requests_failure(e):
+        return False
     import requests
     import urllib3
 
@@ -117,6 +129,12 @@ def not_sent(e: BaseException) -> bool:
     cause = e.args[0] if e.args else None
     cause = getattr(cause, "reason", None) or cause  # requests wraps it in MaxRetryError
     return isinstance(cause, urllib3.exceptions.NewConnectionError)
+
+
+def _requests_failure(e: BaseException) -> bool:
+    """A requests exception (requests is loaded only when a proxy or a login used it)."""
+    requests = sys.modules.get("requests")
+    return requests is not None and isinstance(e, requests.exceptions.RequestException)
 
 
 def _document(response: Any, doc: DocKey, mount: str | None, engine: str | None) -> Document:
