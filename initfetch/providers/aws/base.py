@@ -11,7 +11,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from initfetch.errors import SecretError
-from initfetch.providers.aws import doctor
 from initfetch.providers.aws import session as aws_session
 from initfetch.providers.aws.session import AwsSession, error_code
 from initfetch.providers.base import Document, Endpoint, FetchContext, Identity, OptionProblem, Provider
@@ -84,12 +83,18 @@ class AwsProvider(Provider):
         raise NotImplementedError
 
     def endpoints(self, docs: Sequence[DocKey]) -> list[Endpoint]:
+        from initfetch.providers.aws import doctor  # loaded by `initfetch doctor` only
+
         return doctor.endpoints(self)
 
     def identity(self, docs: Sequence[DocKey], ctx: FetchContext) -> Identity:
+        from initfetch.providers.aws import doctor
+
         return doctor.identity(self, ctx)
 
     def diagnose(self, doc: DocKey | None, error: SecretError, ctx: FetchContext) -> str:
+        from initfetch.providers.aws import doctor
+
         return doctor.diagnose(self, doc, error, ctx)
 
     def credential_env(self) -> set[str]:

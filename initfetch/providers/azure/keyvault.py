@@ -31,7 +31,6 @@ from urllib.parse import urlsplit
 
 from initfetch.errors import AccessDenied, NotFound, SecretError, Unavailable, retry_after_seconds
 from initfetch.providers.azure import credentials as creds
-from initfetch.providers.azure import doctor
 from initfetch.providers.base import Document, Endpoint, FetchContext, Identity, OptionProblem, Provider
 from initfetch.reference import DocKey, Reference
 
@@ -314,12 +313,18 @@ class KeyVaultProvider(Provider):
     # --- doctor ---
 
     def endpoints(self, docs: Sequence[DocKey]) -> list[Endpoint]:
+        from initfetch.providers.azure import doctor  # loaded by `initfetch doctor` only
+
         return doctor.endpoints(self, docs)
 
     def identity(self, docs: Sequence[DocKey], ctx: FetchContext) -> Identity:
+        from initfetch.providers.azure import doctor
+
         return doctor.identity(self, docs, ctx)
 
     def diagnose(self, doc: DocKey | None, error: SecretError, ctx: FetchContext) -> str:
+        from initfetch.providers.azure import doctor
+
         return doctor.diagnose(self, doc, error, ctx)
 
     def credential_env(self) -> set[str]:

@@ -24,7 +24,7 @@ from initfetch.providers.base import (
     OptionProblem,
     Provider,
 )
-from initfetch.providers.vault import doctor, leases, writes
+from initfetch.providers.vault import leases
 from initfetch.providers.vault.auth import check_auth
 from initfetch.providers.vault.client import VaultClient
 from initfetch.providers.vault.reads import Mounts, read_kv2, read_plain
@@ -96,6 +96,8 @@ class VaultProvider(Provider):
 
     def fetch(self, doc: DocKey, ctx: FetchContext) -> Document:
         if doc.write is not None:
+            from initfetch.providers.vault import writes  # with certs.py: only for write-style secrets
+
             document = writes.write(self.client, self.mounts, doc, ctx)
             if document.lease is not None and "serial_number" in document.metadata:
                 self.certs.add(document.lease.id)
@@ -157,15 +159,21 @@ class VaultProvider(Provider):
     def unreachable_hint(self) -> str | None:
         return self.client.conn.what_to_check()
 
-    # --- doctor ---
+    # --- doctor (its module is loaded by `initfetch doctor` only) ---
 
     def endpoints(self, docs: Sequence[DocKey]) -> list[Endpoint]:
+        from initfetch.providers.vault import doctor
+
         return doctor.endpoints(self)
 
     def identity(self, docs: Sequence[DocKey], ctx: FetchContext) -> Identity:
+        from initfetch.providers.vault import doctor
+
         return doctor.identity(self, ctx)
 
     def diagnose(self, doc: DocKey | None, error: SecretError, ctx: FetchContext) -> str:
+        from initfetch.providers.vault import doctor
+
         return doctor.diagnose(self, doc, error, ctx)
 
     def credential_env(self) -> set[str]:
