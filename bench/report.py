@@ -313,6 +313,8 @@ def markdown(data: dict[str, Any]) -> str:
         "`read_secret_version`, boto3 `get_secret_value`, `SecretClient.get_secret`).",
         "- **Expert**: bench/expert.py, the same calls 32 at once on a thread pool, one shared client "
         "per cloud with a connection per worker (mixed workloads).",
+        "- **Baseline** (with `--baseline REF`): initfetch at that commit, the same command, interleaved "
+        "with the others: before and after in one run.",
         "- Every run's output file is compared with the expected text; a run that differs or exits non-zero "
         "is counted as failed.",
         f"- The whole bench took {m['duration_s']:.0f} s.",
@@ -341,6 +343,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
         "agent": ("C1", "s"),
         "sequential": ("C2", "^"),
         "expert": ("C3", "v"),
+        "baseline": ("C4", "D"),
     }
     c = data["meta"]["concurrency"]
     for ax, (family, title) in zip(axes[0], families, strict=True):

@@ -65,6 +65,7 @@ PY = str(Path(sys.executable))
 VENV_BIN = Path(sys.executable).parent
 INITFETCH = str(VENV_BIN / "initfetch")  # replaced by a HEAD snapshot's entry point unless --source worktree
 SOURCE_PREFIX = ""  # Python run first by the concurrency probe, so it sees the same initfetch
+BASELINE: str | None = None  # --baseline REF: that commit's entry point, a contender beside initfetch
 RESULTS = REPO / "bench" / "results"
 AWS_BATCH = 20  # BatchGetSecretValue takes up to 20 secret ids per call
 FLOOR = "floor-imports"  # the pseudo-contender that times the imports a run needs
@@ -288,6 +289,14 @@ def contenders_for(
             d / "out-initfetch" / "out.txt",
         )
     ]
+    if BASELINE is not None:
+        out.append(
+            Contender(
+                "baseline",
+                [BASELINE, "render", "-m", str(manifest), "-o", str(d / "out-baseline"), "--allow-disk"],
+                d / "out-baseline" / "out.txt",
+            )
+        )
     if with_agent:
         token = d / "agent" / "token"
         token.parent.mkdir(parents=True, exist_ok=True)
@@ -527,6 +536,11 @@ def main() -> None:
         default="HEAD",
         help="the initfetch to measure: a git ref (snapshot by git archive) or 'worktree' [HEAD]",
     )
+    p.add_argument(
+        "--baseline",
+        help="a git ref measured beside --source in the vault and mixed scenarios, as contender "
+        "'baseline' (before/after in one run)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory [bench/results]")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     a = p.parse_args()
@@ -543,7 +557,7 @@ def main() -> None:
     logs = work / "logs"
     logs.mkdir()
     log(f"work directory {work}; {runs} runs; delay {a.delay_ms:g} ms per request")
-    global INITFETCH, SOURCE_PREFIX
+    global INITFETCH, SOURCE_PREFIX, BASELINE
     if a.source == "worktree":
         commit = git("rev-parse", "--short", "HEAD")
         source = f"the working tree (HEAD {commit})"
@@ -553,6 +567,10 @@ def main() -> None:
         commit = git("rev-parse", "--short", a.source)
         INITFETCH, SOURCE_PREFIX = snapshot(commit, work / "src")
         source = f"{a.source} = {commit} (git archive snapshot of initfetch/)"
+    if a.baseline:
+        base_commit = git("rev-parse", "--short", a.baseline)
+        BASELINE, _ = snapshot(base_commit, work / "baseline")
+        source += f"; baseline {a.baseline} = {base_commit}"
     log(f"measuring initfetch from {source}")
     if only & throughput.FAMILIES:  # no backend: the values are env:// secrets
         log(f"throughput: {', '.join(sorted(only & throughput.FAMILIES))}")
