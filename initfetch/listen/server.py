@@ -8,7 +8,9 @@ One thread, one selector, non-blocking sockets and fixed limits:
   (405), a fixed set of paths (404 for the rest);
 - each connection gets DEADLINE seconds for its request and its response together, then
   it is closed; every response closes the connection (no keep-alive to track);
-- `close()` ends the thread within a fraction of a second, whatever the clients do.
+- `close()` ends the thread within a fraction of a second, whatever the clients do;
+- with no connection open the thread sleeps until one comes (or `close()`): an idle sidecar's
+  listener costs no wake-ups.
 
 Memory is bounded by MAX_CONNECTIONS x (MAX_HEAD + one response). Handlers run on the
 server's thread, so they must be quick (small reads, no backend call).
@@ -31,7 +33,6 @@ log = logging.getLogger("initfetch.listen")
 MAX_CONNECTIONS = 64
 MAX_HEAD = 8192  # bytes of request line and headers
 DEADLINE = 5.0  # seconds for one connection, request and response
-TICK = 0.25  # the longest the loop sleeps: deadlines and close() are seen at least this often
 
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 REASONS |= {431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
@@ -93,13 +94,20 @@ class Server:
         main_thread_signals_only()  # SIGTERM and friends go to the main thread's handlers
         try:
             while not self._closing.is_set():
-                for key, events in self._selector.select(TICK):
+                for key, events in self._selector.select(self._timeout()):
                     self._event(key.fileobj, events)  # type: ignore[arg-type]
                 self._expire(time.monotonic())
         except Exception as e:  # never a traceback, never a dead watcher because of a client
             log.error("the --listen server stopped: %s", type(e).__name__)
         finally:
             self._release()
+
+    def _timeout(self) -> float | None:
+        """Until the nearest connection's deadline; None (until an event) when none is open:
+        close() wakes the loop through the socketpair."""
+        if not self._conns:
+            return None
+        return max(0.0, min(c.deadline for c in self._conns.values()) - time.monotonic())
 
     def _event(self, sock: socket.socket, events: int) -> None:
         if sock is self.sock:
