@@ -163,3 +163,28 @@ def test_check_of_simple_templates_imports_no_jinja_and_no_http(tmp_path: Path) 
     )
     assert r.returncode == 0, r.stderr
     assert "HEAVY=\n" in r.stdout
+
+
+def test_the_starter_checks_and_renders_without_jinja(tmp_path: Path) -> None:
+    # `initfetch init` writes a comment and `| tojson`: simple.py renders both, as Jinja would;
+    # a render renders the `env:` values too (exec's), and they are simple as well.
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)}
+    r = subprocess.run(
+        [sys.executable, "-m", "initfetch", "init"], cwd=tmp_path, env=env, capture_output=True
+    )
+    assert r.returncode == 0, r.stderr
+    for args in (
+        ["check"],
+        ["render", "-o", str(tmp_path / "o"), "--allow-disk"],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-c", PROBE, *args],
+            cwd=tmp_path,
+            env={**env, "API_TOKEN": 'to"ken'},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        assert "HEAVY=\n" in r.stdout, (args, r.stdout)
+    assert (tmp_path / "o" / "config.json").read_text() == '{"api_token": "to\\"ken"}\n'

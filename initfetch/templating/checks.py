@@ -1,5 +1,5 @@
 """Static checks for `check`: template syntax, and that every secret a template uses is declared.
-No values needed, nothing rendered. A template of text and `{{ secrets.NAME }}` only
+No values needed, nothing rendered. A template of text, comments and `{{ secrets.NAME }}`
 (simple.py) is checked without Jinja, which is then not imported."""
 
 from __future__ import annotations

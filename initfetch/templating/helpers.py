@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from initfetch.redact import Redactor, mask
 from initfetch.templating.encoders import (
@@ -36,6 +34,26 @@ from initfetch.templating.encoders import (
 # they are: decoding a placeholder fails, so a template that needs real content is hidden.
 TRANSFORMING = frozenset({"b64"})
 
+# Filter name -> (its function, the tag a derived value is registered under).
+FILTERS: dict[str, tuple[Callable[..., Any], str]] = {
+    "tojson": (to_json, "json"),
+    "json": (to_json, "json"),
+    "toyaml": (to_yaml, "yaml"),
+    "b64encode": (b64encode, "b64"),
+    "b64decode": (b64decode, "b64decode"),
+    "fromjson": (json.loads, "fromjson"),
+    "shquote": (shell_quote, "sh"),
+    "dotenv": (dotenv_quote, "dotenv"),
+    # certificates from a PKI write (secrets.NAME is the whole issued document)
+    "fullchain": (fullchain, "fullchain"),
+    "pem_bundle": (pem_bundle, "pem_bundle"),
+    "ca_bundle": (ca_bundle, "ca_bundle"),
+    "pkcs12": (pkcs12, "pkcs12"),  # bytes: `| b64encode` it in a template, or files: format
+}
+
+if TYPE_CHECKING:
+    import jinja2
+
 
 def _placeholder_label(value: Any) -> str | None:
     """`tls_key` for the placeholder `<secret:tls_key>` (text, or bytes for a binary secret)."""
@@ -48,6 +66,7 @@ def _placeholder_label(value: Any) -> str | None:
 
 def add_filters(env: jinja2.Environment, redactor: Redactor | None, preview: bool) -> None:
     """The value filters, wrapped so derived values are registered (and, in a preview, marked)."""
+    import jinja2
 
     def derived(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
         def wrapper(value: Any, *args: Any, **kwargs: Any) -> Any:
@@ -58,34 +77,23 @@ def add_filters(env: jinja2.Environment, redactor: Redactor | None, preview: boo
                 # base64 of "<secret:x>" would look like a leaked value: say what it stands for.
                 return mask(f"{stands_for}|{tag}")
             out = fn(value, *args, **kwargs)
-            # Output that still contains the input verbatim (quoting) is masked through the input.
-            if redactor is not None and not (
-                isinstance(value, str) and isinstance(out, str) and value in out
-            ):
-                label = redactor.label_of(value) if isinstance(value, str) else None
-                if label is not None or _contains_secret(redactor, value):
-                    redactor.add(out, f"{label or 'derived'}|{tag}")
+            register_derived(redactor, value, out, tag)
             return out
 
         return wrapper
 
-    filters: dict[str, tuple[Callable[..., Any], str]] = {
-        "tojson": (to_json, "json"),
-        "json": (to_json, "json"),
-        "toyaml": (to_yaml, "yaml"),
-        "b64encode": (b64encode, "b64"),
-        "b64decode": (b64decode, "b64decode"),
-        "fromjson": (json.loads, "fromjson"),
-        "shquote": (shell_quote, "sh"),
-        "dotenv": (dotenv_quote, "dotenv"),
-        # certificates from a PKI write (secrets.NAME is the whole issued document)
-        "fullchain": (fullchain, "fullchain"),
-        "pem_bundle": (pem_bundle, "pem_bundle"),
-        "ca_bundle": (ca_bundle, "ca_bundle"),
-        "pkcs12": (pkcs12, "pkcs12"),  # bytes: `| b64encode` it in a template, or files: format
-    }
-    for name, (fn, tag) in filters.items():
+    for name, (fn, tag) in FILTERS.items():
         env.filters[name] = derived(fn, tag)
+
+
+def register_derived(redactor: Redactor | None, value: Any, out: Any, tag: str) -> None:
+    """Register a filter's output derived from a secret, so logs and previews hide it too.
+    Output that still contains the input verbatim (quoting) is masked through the input."""
+    if redactor is None or (isinstance(value, str) and isinstance(out, str) and value in out):
+        return
+    label = redactor.label_of(value) if isinstance(value, str) else None
+    if label is not None or _contains_secret(redactor, value):
+        redactor.add(out, f"{label or 'derived'}|{tag}")
 
 
 def _contains_secret(redactor: Redactor, value: Any) -> bool:

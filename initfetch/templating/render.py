@@ -2,7 +2,9 @@
 
 Files taken from a secret as is (`files:`) and `env_from` need no template
 engine; templates and `env:` values render in the bounded Jinja sandbox
-(initfetch.templating.sandbox), imported only when a manifest has any.
+(initfetch.templating.sandbox), imported only when one of them needs it: those of
+text, comments and `{{ secrets.NAME }}` (with at most a quoting filter) render
+without it (simple.py).
 Everything together stays under `limits.output_size`, within the run's
 deadline, and nothing is written here: the writer gets a complete `Rendered`
 or nothing.
@@ -70,6 +72,7 @@ class Renderer:
         self._env: Sandbox | None = None
         self._compiled: dict[str, jinja2.Template] = {}  # env name -> its compiled value
         self._simple: dict[str, SimpleTemplate | None] = {}  # dest -> its template, if simple
+        self._simple_env: dict[str, SimpleTemplate | None] = {}  # env name -> the same
 
     def environment(self) -> Sandbox | None:
         """The template sandbox, made on first use; None when nothing needs Jinja."""
@@ -132,8 +135,9 @@ class Renderer:
         return attempt.rendered
 
     def simple(self, out: Output) -> SimpleTemplate | None:
-        """The output's template if it is only text and `{{ secrets.NAME }}` (simple.py), read
-        once; None for anything Jinja must render (and for a masked preview's render)."""
+        """The output's template if simple.py renders it (text, comments, `{{ secrets.NAME }}`
+        with at most a quoting filter), read once; None for anything Jinja must render (and for a masked
+        preview's render)."""
         if self.preview or out.src is None:
             return None
         if out.dest not in self._simple:
@@ -144,11 +148,21 @@ class Renderer:
             self._simple[out.dest] = parse_simple(source) if source is not None else None
         return self._simple[out.dest]
 
+    def simple_env(self, name: str, source: str) -> SimpleTemplate | None:
+        """An `env:` value's template if simple.py renders it (as `simple`), parsed once."""
+        if self.preview:
+            return None
+        if name not in self._simple_env:
+            self._simple_env[name] = parse_simple(source)
+        return self._simple_env[name]
+
     def _jinja_needed(self, values: Mapping[str, Any]) -> bool:
-        """Whether this render needs Jinja: `env:` values, or a template simple.py cannot render
-        with these values. When not, Jinja is not even imported."""
-        if self.manifest.env:
-            return True
+        """Whether this render needs Jinja: a template or an `env:` value simple.py cannot
+        render with these values. When not, Jinja is not even imported."""
+        for name, (source, _) in self.manifest.env.items():
+            simple = self.simple_env(name, source)
+            if simple is None or not simple.renders(values):
+                return True
         for out in self.manifest.outputs:
             if out.src is not None:
                 simple = self.simple(out)
@@ -243,7 +257,7 @@ class _Run:
         simple = self.renderer.simple(out)
         try:
             if simple is not None and simple.renders(self.values):
-                pieces: Iterator[str] = simple.pieces(self.values)
+                pieces: Iterator[str] = simple.pieces(self.values, self.renderer.redactor)
             else:
                 assert env is not None  # attempt() made it: _jinja_needed saw this template
                 pieces = env.get_template(out.template_name).generate(self.context)
@@ -261,22 +275,27 @@ class _Run:
 
     def env_values(self) -> None:
         for name, (source, where) in self.renderer.manifest.env.items():
-            assert self.env is not None
-            self.env.tick()
+            if self.env is not None:
+                self.env.tick()
             if self.budget.spent:
                 return
             self.pending.remove(name)
             self._env_value(name, source, where)
 
     def _env_value(self, name: str, source: str, where: Loc | None) -> None:
-        assert self.env is not None
+        simple = self.renderer.simple_env(name, source)
         try:
-            template = self.renderer.compiled(name, source)
-            value = self.budget.collect(template.generate(self.context), extra=len(name) + 2)
+            if simple is not None and simple.renders(self.values):
+                pieces: Iterator[str] = simple.pieces(self.values, self.renderer.redactor)
+            else:
+                pieces = self.renderer.compiled(name, source).generate(self.context)
+            value = self.budget.collect(pieces, extra=len(name) + 2)
         except _OutputTooLarge:
             self._fail(name, Problem(where, f"env {name}: {self.budget.message}", ProblemKind.LIMIT))
             return
         except Exception as e:
+            if self.env is None:
+                raise
             error = self.env.error(e, "", "<template>", source)
             self._fail(name, Problem(where, f"env {name}: {error.message}", error.kind))
             return
