@@ -1,3 +1,3 @@
-from initfetch.cli import main
+from initfetch.cli import run
 
-raise SystemExit(main())
+run()
