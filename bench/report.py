@@ -120,6 +120,11 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     def add(name: str, measured: str, met: bool | None) -> None:
         t.append({"target": name, "measured": measured, "met": met})
 
+    for what, label in (("version", "`initfetch --version`"), ("check", "`check` of the starter manifest")):
+        s = _find(data, f"startup-{what}")
+        if s and "initfetch" in s["contenders"]:
+            w = s["contenders"]["initfetch"]["wall"]["median"]
+            add(f"{label} under 60 ms", f"{1000 * w:.0f} ms", w < 0.060)
     for n, bound in ((5, 1.3), (20, 1.2), (100, 1.0), (300, 1.0), (1000, 0.8)):
         s = _find(data, f"vault-{n}")
         if s and "agent" in s["ratios"]:

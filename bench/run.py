@@ -6,6 +6,8 @@ Contenders run interleaved, run by run, in rotating order; each figure is the
 median of RUNS whole-process runs (interpreter start included) with its min-max.
 
 Scenarios:
+- startup: `initfetch --version` and `check` of the starter `initfetch init` writes,
+  beside the bare interpreter and the agent binary's `version` (15 runs).
 - vault-N (N = 20, 100, 300, 1000): one template over N KV v2 secrets of two
   keys each, one file. initfetch, `bao agent` (token_file auto-auth,
   exit_after_auth, one template stanza: the same file) and the sequential hvac
@@ -131,9 +133,12 @@ def entry_point(source: Path, dest: Path) -> tuple[str, str]:
         "sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, '__name__', '') != '_EditableFinder']\n"
     )
     entry = dest / "initfetch-entry"
+    # What the console script runs: cli.run() where the commit has it (it exits without the
+    # interpreter's teardown), sys.exit(main()) before.
     entry.write_text(
-        f"#!{PY}\n{prefix}from initfetch.cli import main\n\n"
-        "if __name__ == '__main__':\n    sys.exit(main())\n"
+        f"#!{PY}\n{prefix}from initfetch import cli\n\n"
+        "if __name__ == '__main__':\n"
+        "    cli.run() if hasattr(cli, 'run') else sys.exit(cli.main())\n"
     )
     entry.chmod(0o755)
     return str(entry), prefix
@@ -316,6 +321,26 @@ def contenders_for(
         out.append(Contender("expert", [PY, str(REPO / "bench" / "expert.py"), str(spec), str(dest)], dest))
     out.append(imports_contender(import_set))
     return out
+
+
+def startup_scenarios(work: Path, env: dict[str, str]) -> list[Scenario]:
+    """`initfetch --version`, and `check` of the starter `initfetch init` writes (a comment, a
+    `| tojson` template and an `env:` value): whole processes, no backend. Beside them the bare
+    interpreter (the floor), with --baseline the same commands at that commit, and for
+    --version the agent binary's `version`."""
+    d = work / "startup"
+    d.mkdir()
+    subprocess.run([INITFETCH, "init"], cwd=d, env=env, check=True, capture_output=True)
+    manifest = str(d / "initfetch.yaml")
+    entries = [("initfetch", INITFETCH)] + ([("baseline", BASELINE)] if BASELINE else [])
+    version = [Contender(name, [entry, "--version"], None) for name, entry in entries]
+    version.append(Contender("agent", [agent_binary(), "version"], None))
+    check = [Contender(name, [entry, "check", "-m", manifest], None) for name, entry in entries]
+    floor = imports_contender("interpreter")
+    return [
+        Scenario(f"startup-{what}", "startup", 0, None, [*cs, floor], "interpreter", 0, warmup=1)
+        for what, cs in (("version", version), ("check", check))
+    ]
 
 
 def import_floor_scenario(runs: int) -> Scenario:
@@ -524,8 +549,8 @@ def main() -> None:
     )
     p.add_argument(
         "--only",
-        default="vault,mixed,large,fleet,imports,watch,scan,mask",
-        help="families to run [vault,mixed,large,fleet,imports,watch,scan,mask]; scan and mask: "
+        default="startup,vault,mixed,large,fleet,imports,watch,scan,mask",
+        help="families to run [startup,vault,mixed,large,fleet,imports,watch,scan,mask]; scan and mask: "
         "bench/throughput.py, results in throughput.md",
     )
     p.add_argument("--watch-n", type=int, default=300, help="secrets of the watch family [300]")
@@ -538,7 +563,7 @@ def main() -> None:
     )
     p.add_argument(
         "--baseline",
-        help="a git ref measured beside --source in the vault and mixed scenarios, as contender "
+        help="a git ref measured beside --source in the startup, vault and mixed scenarios, as contender "
         "'baseline' (before/after in one run)",
     )
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory [bench/results]")
@@ -591,6 +616,8 @@ def main() -> None:
         scenarios: list[Scenario] = []
         fl = import_floor_scenario(runs)
         scenarios.append(fl)
+        if "startup" in only:
+            scenarios += startup_scenarios(work, env)
         if "vault" in only:
             for i, n in enumerate(vault_ns):
                 w = vault_workload(n)
@@ -637,7 +664,9 @@ def main() -> None:
         for sc in scenarios:
             log(f"running {sc.id} ({', '.join(c.name for c in sc.contenders)})")
             try:
-                run_scenario(sc, b, launcher, env, runs, logs)
+                # start-up figures are a few ms apart: more runs for their medians
+                n_runs = max(runs, 15) if sc.family == "startup" else runs
+                run_scenario(sc, b, launcher, env, n_runs, logs)
             except Exception:  # keep what was measured; the report says what broke
                 errors.append(f"{sc.id}: {traceback.format_exc()}")
                 log(f"{sc.id} broke:\n{traceback.format_exc()}")

@@ -6,6 +6,7 @@
 - idle: the same manifest at `refresh: 5m`: CPU over SECONDS (target under 0.1% of a
   core) and how often its threads wake (voluntary context switches per second,
   summed over /proc/PID/task/*/status; target: no thread more than once a second).
+- idle + --listen: the same, serving /healthz, /readyz and /metrics (nobody asking).
 
 The watcher reads through the bench's delay proxy like every other contender.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.workloads import Workload, initfetch_files
+from tests.backends.local_http import free_port
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -52,13 +54,20 @@ def _manifest(w: Workload, d: Path, refresh: str) -> Path:
 
 
 def one(
-    initfetch: str, env: dict[str, str], w: Workload, d: Path, refresh: str, seconds: float
+    initfetch: str,
+    env: dict[str, str],
+    w: Workload,
+    d: Path,
+    refresh: str,
+    seconds: float,
+    listen: bool = False,
 ) -> dict[str, Any]:
     manifest = _manifest(w, d, refresh)
     out = d / "out"
     log = (d / "watch.log").open("w")
+    probes = ["--listen", f"127.0.0.1:{free_port()}"] if listen else []
     p = subprocess.Popen(
-        [initfetch, "render", "--watch", "-m", str(manifest), "-o", str(out), "--allow-disk"],
+        [initfetch, "render", "--watch", "-m", str(manifest), "-o", str(out), "--allow-disk", *probes],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -84,7 +93,7 @@ def one(
     span = t1 - t0
     per_thread = {t: (sw1[t] - sw0.get(t, 0)) / span for t in sw1}
     return {
-        "refresh": refresh,
+        "refresh": refresh + (" + --listen" if listen else ""),
         "secrets": w.n,
         "seconds": round(span, 1),
         "cpu_s": round(cpu1 - cpu0, 3),
@@ -99,7 +108,8 @@ def one(
 def run(initfetch: str, env: dict[str, str], w: Workload, work: Path, seconds: float) -> dict[str, Any]:
     busy = one(initfetch, env, w, work / "watch-busy", "1s", seconds)
     idle = one(initfetch, env, w, work / "watch-idle", "5m", seconds)
-    return {"busy": busy, "idle": idle}
+    listening = one(initfetch, env, w, work / "watch-idle-listen", "5m", seconds, listen=True)
+    return {"busy": busy, "idle": idle, "idle_listen": listening}
 
 
 def markdown(data: dict[str, Any]) -> list[str]:
@@ -116,7 +126,7 @@ def markdown(data: dict[str, Any]) -> list[str]:
         *(
             f"| {x['refresh']} | {x['cpu_s']:.2f} | {100 * x['core_fraction']:.2f}% | {x['threads']} | "
             f"{x['wakeups_per_s']:g} | {x['max_thread_wakeups_per_s']:g} |"
-            for x in (b, i)
+            for x in (b, i, *([data["idle_listen"]] if "idle_listen" in data else []))
         ),
     ]
 
@@ -138,5 +148,16 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, bool]]:
             "watch: idle watcher, no thread wakes more than once a second",
             f"{i['max_thread_wakeups_per_s']:g}/s",
             i["max_thread_wakeups_per_s"] <= 1.0,
+        ),
+        *(
+            [
+                (
+                    "watch: idle watcher with --listen, no thread wakes more than once a second",
+                    f"{data['idle_listen']['max_thread_wakeups_per_s']:g}/s",
+                    data["idle_listen"]["max_thread_wakeups_per_s"] <= 1.0,
+                )
+            ]
+            if "idle_listen" in data
+            else []
         ),
     ]
