@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from initfetch.outdir.names import MARKER_NAME
-from initfetch.resolve.resolver import Resolved
+from initfetch.resolve.results import Resolved
 from initfetch.templating.render import Rendered
 
 CONTEXT = 3  # lines of context around each change, as `diff -u`

@@ -28,15 +28,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from initfetch.errors import BadInput, SecretError
+from initfetch.limits import DEFAULT_CONCURRENCY
 from initfetch.manifest import Manifest, load_manifest, missing_sdks
 from initfetch.observe import Observer
 from initfetch.providers.base import FetchContext
 from initfetch.redact import Redactor
-from initfetch.resolve.resolver import DEFAULT_CONCURRENCY, Resolution, Resolved, Resolver
+from initfetch.resolve.results import Resolution, Resolved
 
 if TYPE_CHECKING:
     from initfetch.outdir.heal import Fingerprint
     from initfetch.outdir.lock import OutDirLock
+    from initfetch.resolve.resolver import Resolver
     from initfetch.templating.render import Attempt, Rendered, Renderer
 
 log = logging.getLogger("initfetch")
@@ -119,9 +121,7 @@ class Pipeline:
         self.redactor = redactor
         self.settings = settings
         self.mode = mode
-        self.resolver = Resolver(
-            manifest, environ, redactor, timeout=settings.timeout, concurrency=settings.concurrency
-        )
+        self._resolver: Resolver | None = None
         self._renderer: Renderer | None = None
         self._resolved: list[Resolution] = []  # PREVIEW: whose leases to revoke at close
         self._lock: OutDirLock | None = None
@@ -131,6 +131,22 @@ class Pipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def resolver(self) -> Resolver:
+        """Made (and its machinery imported) when first used: `check` and an offline preview
+        never resolve anything."""
+        if self._resolver is None:
+            from initfetch.resolve.resolver import Resolver
+
+            self._resolver = Resolver(
+                self.manifest,
+                self.environ,
+                self.redactor,
+                timeout=self.settings.timeout,
+                concurrency=self.settings.concurrency,
+            )
+        return self._resolver
 
     # --- the stages ---
 
@@ -247,8 +263,10 @@ class Pipeline:
     def revoke_leases(self, info: Mapping[str, Resolved]) -> int:
         """Revoke every lease these secrets hold; returns how many were revoked."""
         done: set[str] = set()
+        if self._resolver is None:
+            return 0  # nothing was resolved here, so no instance holds a lease
         for r in info.values():
-            inst = self.resolver.instances.get(r.provider)
+            inst = self._resolver.instances.get(r.provider)
             if r.lease is None or r.lease.id in done or inst is None:
                 continue
             try:
@@ -266,7 +284,8 @@ class Pipeline:
                 log.info("revoked %d lease(s) this preview created", revoked)
         finally:
             self._resolved = []
-            self.resolver.close()
+            if self._resolver is not None:
+                self._resolver.close()
             if self._lock is not None:
                 self._lock.release()
 

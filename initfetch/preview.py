@@ -32,7 +32,7 @@ from typing import Any, TextIO
 
 from initfetch.manifest import Manifest
 from initfetch.redact import FIELD_MIN_LEN, Redactor, mask
-from initfetch.resolve.resolver import Resolution, Resolved
+from initfetch.resolve.results import Resolution, Resolved
 from initfetch.templating.render import Rendered, Renderer
 
 NOT_SHOWN = "<not shown: this template needs the real values to render; use --reveal>"

@@ -19,6 +19,7 @@ watched = {'hvac', 'boto3', 'botocore', 'azure', 'requests', 'urllib3', 'jinja2'
            'prometheus_client'}
 heavy = sorted({m.split('.')[0] for m in sys.modules} & watched)
 print('HEAVY=' + ','.join(heavy))
+print('RESOLVER=' + str('initfetch.resolve.resolver' in sys.modules))
 sys.exit(rc)
 """
 
@@ -167,7 +168,8 @@ def test_check_of_simple_templates_imports_no_jinja_and_no_http(tmp_path: Path) 
 
 def test_the_starter_checks_and_renders_without_jinja(tmp_path: Path) -> None:
     # `initfetch init` writes a comment and `| tojson`: simple.py renders both, as Jinja would;
-    # a render renders the `env:` values too (exec's), and they are simple as well.
+    # a render renders the `env:` values too (exec's), and they are simple as well. check
+    # resolves nothing, so it does not load the resolver's machinery either.
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)}
     r = subprocess.run(
         [sys.executable, "-m", "initfetch", "init"], cwd=tmp_path, env=env, capture_output=True
@@ -187,4 +189,5 @@ def test_the_starter_checks_and_renders_without_jinja(tmp_path: Path) -> None:
         )
         assert r.returncode == 0, r.stderr
         assert "HEAVY=\n" in r.stdout, (args, r.stdout)
+        assert ("RESOLVER=True" in r.stdout) is (args[0] == "render"), r.stdout
     assert (tmp_path / "o" / "config.json").read_text() == '{"api_token": "to\\"ken"}\n'

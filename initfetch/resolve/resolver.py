@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from initfetch import providers
@@ -24,12 +23,13 @@ from initfetch.limits import DEFAULT_CONCURRENCY
 from initfetch.logs import audit
 from initfetch.manifest import Manifest, SecretSpec
 from initfetch.observe import NULL, Observer
-from initfetch.providers.base import Document, FetchContext, Lease, Provider
+from initfetch.providers.base import Document, FetchContext, Provider
 from initfetch.redact import Redactor
 from initfetch.reference import DocKey
 from initfetch.resolve.outage import Outages
 from initfetch.resolve.pacing import AdaptiveLimit
 from initfetch.resolve.pool import WorkerPool
+from initfetch.resolve.results import Resolution, Resolved
 from initfetch.resolve.scheduler import Fetching, Unit, run_units
 from initfetch.resolve.values import check_text, select_key
 
@@ -38,40 +38,6 @@ log = logging.getLogger("initfetch.resolver")
 OPTIONAL_KINDS = {"not-found", "missing-key"}  # what `optional`/`default` may stand in for
 
 Group = tuple[str, DocKey]  # (provider instance, document): one read
-
-
-@dataclass
-class Resolved:
-    """Where one secret came from; never its value."""
-
-    name: str
-    ref: str
-    provider: str
-    outcome: str  # ok | default | absent | a SecretError kind
-    version: str | None = None
-    lease: Lease | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    duration_ms: int = 0
-    shared_read: bool = False  # served by a read another reference also used
-
-    def meta(self) -> dict[str, Any]:
-        """What templates see as `meta.<name>`."""
-        lease = self.lease
-        return {
-            "provider": self.provider,
-            "version": self.version,
-            "lease_id": lease.id if lease else None,
-            "lease_duration": lease.duration if lease else None,
-            "renewable": lease.renewable if lease else None,
-            "metadata": self.metadata,
-        }
-
-
-@dataclass
-class Resolution:
-    values: dict[str, Any]
-    info: dict[str, Resolved]
-    instances: dict[str, Provider]
 
 
 class Resolver:

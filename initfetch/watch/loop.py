@@ -32,7 +32,7 @@ from initfetch.outdir.heal import Fingerprint, changed
 from initfetch.outdir.wipe import wipe_files
 from initfetch.pipeline import Pipeline, Result
 from initfetch.providers.base import Lease
-from initfetch.resolve.resolver import Resolution, Resolved
+from initfetch.resolve.results import Resolution, Resolved
 from initfetch.templating.render import Rendered
 from initfetch.watch import schedule as sched
 from initfetch.watch.failures import Failures
