@@ -158,33 +158,43 @@ def measure(engine: eng.Engine, bao: object, work: Path, runs: int) -> list[tupl
 
 
 INSIDE = """
-import statistics, subprocess, sys, time
-def median(argv):
+import statistics, subprocess, sys, tempfile, time
+def median(argv, cwd=None):
     runs = []
     for _ in range(15):
         began = time.perf_counter()
-        subprocess.run(argv, check=True, capture_output=True)
+        subprocess.run(argv, check=True, capture_output=True, cwd=cwd)
         runs.append(time.perf_counter() - began)
     return statistics.median(runs)
-print(median([sys.executable, "-c", "pass"]), median([sys.argv[1], "--version"]))
+starter = tempfile.mkdtemp()
+subprocess.run([sys.argv[1], "init"], check=True, capture_output=True, cwd=starter)
+print(
+    median([sys.executable, "-c", "pass"]),
+    median([sys.argv[1], "--version"]),
+    median([sys.argv[1], "check"], starter),
+)
 """
 
 
 def inside(engine: eng.Engine) -> list[tuple[str, float]]:
-    """`python -c pass` and `initfetch --version` timed inside one container and in the venv:
-    the image's own start-up, without what Docker costs per container."""
+    """`python -c pass`, `initfetch --version` and `check` of the starter `init` writes, timed
+    inside one container and in the venv: the image's own start-up, without what Docker costs
+    per container."""
     venv = subprocess.run(
         [sys.executable, "-c", INSIDE, str(Path(sys.executable).parent / "initfetch")],
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
+    tmp = ["--tmpfs", "/tmp:uid=65532,gid=65532"]  # where the starter is written
     image = engine.run(
-        ["run", "--rm", "--network", "none", "--entrypoint", "python3", TAG, "-c", INSIDE, "initfetch"]
+        ["run", "--rm", "--network", "none", *tmp, "--entrypoint", "python3", TAG, "-c", INSIDE, "initfetch"]
     ).stdout.split()
     return [
         ("python -c pass, venv", float(venv[0])),
         ("python -c pass, inside the image", float(image[0])),
         ("initfetch --version, venv", float(venv[1])),
         ("initfetch --version, inside the image", float(image[1])),
+        ("initfetch check of the starter, venv", float(venv[2])),
+        ("initfetch check of the starter, inside the image", float(image[2])),
     ]
 
 
