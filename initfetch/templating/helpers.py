@@ -28,6 +28,9 @@ from initfetch.templating.encoders import (
     to_yaml,
 )
 
+if TYPE_CHECKING:
+    import jinja2  # imported by add_filters: simple.py uses this module without Jinja
+
 # Encoders whose output does not show their input (quoting ones do): in a preview, applied
 # to a placeholder, they give a marked placeholder such as <secret:tls_key|b64>, not the
 # base64 of "<secret:tls_key>", which would look like a leaked value. Decoders stay as
@@ -50,9 +53,6 @@ FILTERS: dict[str, tuple[Callable[..., Any], str]] = {
     "ca_bundle": (ca_bundle, "ca_bundle"),
     "pkcs12": (pkcs12, "pkcs12"),  # bytes: `| b64encode` it in a template, or files: format
 }
-
-if TYPE_CHECKING:
-    import jinja2
 
 
 def _placeholder_label(value: Any) -> str | None:
